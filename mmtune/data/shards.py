@@ -99,10 +99,14 @@ class Ref:
 
 @dataclass
 class Item:
-    """What a worker hands to the batcher: the sample's stream index and either its encoding or why it failed."""
+    """What a worker hands to the batcher: the sample's stream index and either its encoding or why it failed.
+
+    `reason` is the counter the failure goes to (e.g. `bad_sample`, `no_target`, `overlong`, `bad_shard`).
+    """
     index: int
     value: object = None
     error: str | None = None
+    reason: str = ""
 
 
 def iter_refs(shard: str) -> Iterator[Ref]:
@@ -194,12 +198,12 @@ class ShardStream(torch.utils.data.IterableDataset):
             if local < self.start or (local - self.start) % nw != wid:
                 continue
             if isinstance(ref, DataError):
-                yield Item(local, error=str(ref))
+                yield Item(local, error=str(ref), reason="bad_shard")
                 continue
             try:
                 yield Item(local, value=self.transform(read_sample(ref)))
             except DataError as e:
-                yield Item(local, error=str(e))
+                yield Item(local, error=str(e), reason=getattr(e, "reason", "bad_sample"))
 
 
 def count_samples(shards: list[str]) -> int:

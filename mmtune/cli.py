@@ -1,0 +1,117 @@
+"""`mmtune train | build-data | chat | demo`. Heavy libraries are imported inside each command, so `--help` and
+config errors come back at once. User errors print one line and exit 2, without a traceback."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mmtune.errors import UserError
+
+
+def _train(args) -> int:
+    from mmtune.config import load_config
+    from mmtune.train.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, resume=args.resume if args.resume is not None else False)
+    print(f"loss curve: {summary['loss_curve']}\ncheckpoint: {summary['checkpoint']}")
+    return 0
+
+
+def _chat(args) -> int:
+    from PIL import Image
+
+    from mmtune.data.media import decode_image
+    from mmtune.data.sample import Message
+    from mmtune.infer.generate import generate, load_checkpoint
+
+    model, tokenizer, cfg = load_checkpoint(args.ckpt)
+    images = []
+    for path in args.image or []:
+        if not os.path.isfile(path):
+            raise UserError(f"--image: no such file {path}")
+        images.append(decode_image(open(path, "rb").read(), path))
+    history: list[Message] = []
+
+    def ask(text: str, with_images: list[Image.Image]) -> str:
+        if with_images and "<image>" not in text:
+            text = "<image>\n" * len(with_images) + text
+        history.append(Message("user", text))
+        answer = generate(model, tokenizer, cfg, [list(history)], [with_images] if with_images else None,
+                          max_new_tokens=args.max_new_tokens)[0]
+        history.append(Message("assistant", answer))
+        return answer
+
+    if args.prompt is not None:
+        print(ask(args.prompt, images))
+        return 0
+    print("mmtune chat: empty line or Ctrl-D to quit")
+    first = True
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            break
+        if not text:
+            break
+        print("model>", ask(text, images if first else []))
+        first = False
+    return 0
+
+
+def _build_data(args) -> int:
+    from data_builders.cli import run
+
+    return run(args)
+
+
+def _demo(args) -> int:
+    from mmtune.demo import main
+
+    return main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmtune", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train from a YAML recipe")
+    t.add_argument("config", help="recipe YAML (see configs/)")
+    t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
+    t.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="resume from the newest checkpoint of train.out_dir (or from the given checkpoint)")
+    t.set_defaults(func=_train)
+    b = sub.add_parser("build-data", help="convert a data set into canonical WebDataset shards")
+    from data_builders.cli import add_arguments
+
+    add_arguments(b)
+    b.set_defaults(func=_build_data)
+    c = sub.add_parser("chat", help="talk to a trained checkpoint")
+    c.add_argument("--ckpt", required=True, help="checkpoint directory or run directory (newest checkpoint)")
+    c.add_argument("--prompt", help="one-shot prompt; without it, an interactive session")
+    c.add_argument("--image", action="append", help="image file for the first turn (repeatable)")
+    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.set_defaults(func=_chat)
+    d = sub.add_parser("demo", help="the built-in vision-language demo: synthetic shapes, train, held-out accuracy")
+    from mmtune.demo import add_arguments as demo_arguments
+
+    demo_arguments(d)
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

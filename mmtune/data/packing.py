@@ -1,0 +1,160 @@
+"""Turning the ordered sample stream into batches: packing, length/modality grouping, collation, data position.
+
+Batches are made from *consecutive* stream items (a window), so the position after any batch is a small
+`DataState` (epoch, first stream index of the current window, batches of the window already yielded) and resuming
+from it reproduces the same batches exactly. An encoded sample is a dict: id, input_ids, labels, pixel_values
+(tensor [n, 3, H, W] or None) and modality.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from mmtune.data.shards import Item
+from mmtune.errors import DataError
+
+IGNORE = -100
+
+
+@dataclass
+class DataState:
+    epoch: int = 0
+    start: int = 0
+    """Local stream index of the first item of the current window."""
+    skip_batches: int = 0
+    """Batches of that window already consumed."""
+
+
+Row = list[dict]
+
+
+class Batcher:
+    """Group encoded samples into rows and rows into batches; count or raise on failed items.
+
+    packing: first-fit of consecutive samples into up to `batch_size` rows of `max_len` tokens.
+    group_by_length: sort a window of `window` batches by (modality, length) and shuffle the batch order, which
+    removes most padding while keeping the data position exact.
+    """
+
+    def __init__(self, batch_size: int, max_len: int, *, packing: bool = False, group_by_length: bool = True,
+                 on_error: str = "raise", seed: int = 0, window: int = 16):
+        self.batch_size, self.max_len, self.packing = batch_size, max_len, packing
+        self.window = window if group_by_length and not packing else 1
+        self.on_error, self.seed = on_error, seed
+        self.counts: Counter[str] = Counter()
+
+    def _valid(self, items: Iterator[Item], count: bool) -> Iterator[Item]:
+        for item in items:
+            if item.error is None:
+                yield item
+            elif item.reason == "bad_shard" or (self.on_error == "raise" and item.reason == "bad_sample"):
+                raise DataError(item.error)
+            elif count:
+                self.counts[f"skipped_{item.reason}"] += 1
+
+    def __call__(self, items: Iterator[Item], state: DataState) -> Iterator[tuple[list[Row], DataState]]:
+        if self.packing:
+            yield from self._packed(items, state)
+        else:
+            yield from self._windows(items, state)
+
+    def _windows(self, items: Iterator[Item], state: DataState) -> Iterator[tuple[list[Row], DataState]]:
+        size = self.batch_size * self.window
+        start, skip = state.start, state.skip_batches
+        window: list[Item] = []
+        last = start - 1
+        for item in self._valid(items, count=skip == 0):
+            window.append(item)
+            last = item.index
+            if len(window) == size:
+                yield from self._emit_window(window, state.epoch, start, last + 1, skip)
+                window, start, skip = [], last + 1, 0
+        if window:
+            yield from self._emit_window(window, state.epoch, start, last + 1, skip)
+
+    def _emit_window(self, window: list[Item], epoch: int, start: int, end: int, skip: int):
+        samples = [it.value for it in window]
+        if self.window > 1:
+            samples.sort(key=lambda s: (s["modality"], len(s["input_ids"])))
+        batches = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
+        if self.window > 1:
+            random.Random(f"{self.seed}-{epoch}-{start}").shuffle(batches)
+        for i, batch in enumerate(batches):
+            if i < skip:
+                continue
+            done = i + 1 == len(batches)
+            yield [[s] for s in batch], DataState(epoch, end if done else start, 0 if done else i + 1)
+
+    def _packed(self, items: Iterator[Item], state: DataState) -> Iterator[tuple[list[Row], DataState]]:
+        rows: list[Row] = []
+        lengths: list[int] = []
+        for item in self._valid(items, count=True):
+            n = len(item.value["input_ids"])
+            fit = next((r for r, used in enumerate(lengths) if used + n <= self.max_len), None)
+            if fit is None and len(rows) == self.batch_size:
+                yield rows, DataState(state.epoch, item.index, 0)
+                rows, lengths, fit = [], [], None
+            if fit is None:
+                rows.append([])
+                lengths.append(0)
+                fit = len(rows) - 1
+            rows[fit].append(item.value)
+            lengths[fit] += n
+            last = item.index
+        if rows:
+            yield rows, DataState(state.epoch, last + 1, 0)
+
+
+def collate(rows: list[Row], pad_id: int) -> dict:
+    """Rows of samples -> tensors. Positions restart per sample; `seq_ids` marks which sample each token belongs
+    to (-1 for padding), so the model can build a block-diagonal causal mask for packed rows."""
+    width = max(sum(len(s["input_ids"]) for s in row) for row in rows)
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    seq_ids = torch.full(shape, -1, dtype=torch.long)
+    pixels, ids, n = [], [], 0
+    for r, row in enumerate(rows):
+        at = 0
+        for s in row:
+            length = len(s["input_ids"])
+            input_ids[r, at:at + length] = torch.tensor(s["input_ids"])
+            labels[r, at:at + length] = torch.tensor(s["labels"])
+            position_ids[r, at:at + length] = torch.arange(length)
+            seq_ids[r, at:at + length] = n
+            if s.get("pixel_values") is not None:
+                pixels.append(s["pixel_values"])
+            ids.append(s["id"])
+            at += length
+            n += 1
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "seq_ids": seq_ids,
+            "pixel_values": torch.cat(pixels) if pixels else None, "sample_ids": ids,
+            "packed": any(len(row) > 1 for row in rows)}
+
+
+def padding_fraction(batch: dict) -> float:
+    return float((batch["seq_ids"] < 0).float().mean())
+
+
+def collate_seq2seq(rows: list[Row], pad_id: int) -> dict:
+    """Encoder-decoder batches: `input_ids` (instruction) and `labels` (response) padded separately."""
+    samples = [row[0] for row in rows]
+    enc_len = max(len(s["input_ids"]) for s in samples)
+    dec_len = max(len(s["labels"]) for s in samples)
+    input_ids = torch.full((len(samples), enc_len), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), dec_len), IGNORE, dtype=torch.long)
+    for i, s in enumerate(samples):
+        input_ids[i, :len(s["input_ids"])] = torch.tensor(s["input_ids"])
+        labels[i, :len(s["labels"])] = torch.tensor(s["labels"])
+    lengths = torch.tensor([len(s["input_ids"]) for s in samples])
+    real = torch.arange(enc_len)[None, :] < lengths[:, None]
+    seq_ids = torch.arange(len(samples))[:, None].expand(-1, enc_len).masked_fill(~real, -1)
+    pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
+    return {"input_ids": input_ids, "attention_mask": (seq_ids >= 0).long(), "labels": labels, "seq_ids": seq_ids,
+            "pixel_values": torch.cat(pixels) if pixels else None, "sample_ids": [s["id"] for s in samples],
+            "packed": False}

@@ -1,0 +1,82 @@
+"""Shards -> encoded batches: the per-sample transform (media decode + chat template) and the epoch loop.
+
+The transform runs in DataLoader workers and must stay picklable and free of global state. Samples that fail are
+returned as errors (never dropped inside a worker), so the batcher sees every stream position and can count them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from mmtune.data.media import decode_image
+from mmtune.data.packing import Batcher, DataState, collate, collate_seq2seq
+from mmtune.data.sample import Sample
+from mmtune.data.shards import ShardStream
+from mmtune.data.templates import encode, encode_seq2seq, has_target
+from mmtune.errors import DataError, SampleSkip
+
+
+@dataclass
+class SampleEncoder:
+    """Sample -> dict(id, input_ids, labels, pixel_values, modality). Raises DataError naming the sample."""
+    tokenizer: object
+    template: str
+    max_len: int
+    system_prompt: str | None = None
+    media_tokens: dict | None = None
+    image_transform: Callable | None = None
+    overlong: str = "truncate"
+    seq2seq: bool = False
+
+    def __call__(self, sample: Sample) -> dict:
+        where = f"sample {sample.id!r} ({sample.source or 'unknown source'})"
+        fn = encode_seq2seq if self.seq2seq else encode
+        enc = fn(sample.messages, self.tokenizer, self.template, system_prompt=self.system_prompt,
+                 media_tokens=self.media_tokens or None, max_len=None if self.overlong == "error" else self.max_len)
+        length = len(enc.input_ids)
+        if self.overlong == "error" and length > self.max_len:
+            raise DataError(f"{where}: {length} tokens (media included) exceed data.max_len={self.max_len}; "
+                            f"raise max_len or set data.overlong=truncate|skip")
+        if enc.truncated and self.overlong == "skip":
+            raise SampleSkip(f"{where}: longer than data.max_len={self.max_len}", "overlong")
+        if not has_target(enc):
+            raise SampleSkip(f"{where}: no supervised token left after truncation to {self.max_len}", "no_target")
+        expected = sum((self.media_tokens or {}).get(m.kind, 0) for m in sample.media)
+        if enc.truncated and sum(1 for i in enc.input_ids if i < 0) != expected:
+            raise SampleSkip(f"{where}: truncation to data.max_len={self.max_len} would cut media", "overlong")
+        pixels = self._pixels(sample, where)
+        return {"id": sample.id, "input_ids": enc.input_ids, "labels": enc.labels, "pixel_values": pixels,
+                "modality": "+".join(sorted({m.kind for m in sample.media})) or "text", "truncated": enc.truncated}
+
+    def _pixels(self, sample: Sample, where: str) -> torch.Tensor | None:
+        images = [m for m in sample.media if m.kind == "image"]
+        if not images:
+            return None
+        if self.image_transform is None:
+            raise DataError(f"{where}: has images but the model has no image encoder (set model.encoder)")
+        return torch.stack([self.image_transform(decode_image(sample.data[m.member], f"{where} member {m.member!r}"))
+                            for m in images])
+
+
+def iterate_batches(shards: list[str], encoder: SampleEncoder, batcher: Batcher, pad_id: int, state: DataState, *,
+                    seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 1000, rank: int = 0, world: int = 1,
+                    num_workers: int = 0, epochs: int | None = None) -> Iterator[tuple[dict, DataState]]:
+    """Yield (batch, state after it) forever (or for `epochs`), starting at `state`. Each epoch reshuffles."""
+    glue = collate_seq2seq if encoder.seq2seq else collate
+    epoch, start, skip = state.epoch, state.start, state.skip_batches
+    while epochs is None or epoch < epochs:
+        stream = ShardStream(shards, encoder, epoch=epoch, seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+                             rank=rank, world=world, start=start)
+        # A private generator keeps the DataLoader from drawing on the global torch RNG (exact resume).
+        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers,
+                                             collate_fn=lambda item: item, generator=torch.Generator())
+        produced = 0
+        for rows, after in batcher(iter(loader), DataState(epoch, start, skip)):
+            produced += 1
+            yield glue(rows, pad_id), after
+        if produced == 0 and start == 0 and skip == 0:
+            raise DataError(f"no usable sample in {len(shards)} shard(s) (first: {shards[0]}); "
+                            f"skipped so far: {dict(batcher.counts) or 'none'}")
+        epoch, start, skip = epoch + 1, 0, 0

@@ -1,0 +1,56 @@
+"""Greedy generation from a trained model, the way it was trained: same template, same media splicing.
+
+`load_checkpoint` rebuilds the model from the checkpoint's own config.yaml, so inference cannot pick a different
+template or bridge than training used.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmtune.config import RunConfig, load_config
+from mmtune.data.sample import Message
+from mmtune.data.templates import render_prompt, stop_token_ids
+from mmtune.errors import ConfigError
+
+
+def load_checkpoint(path: str | Path):
+    """A checkpoint directory, or a run directory (its newest checkpoint) -> (model, tokenizer, cfg)."""
+    from mmtune.models.build import build_model, load_weights
+    from mmtune.train.checkpoint import list_checkpoints
+
+    path = Path(path)
+    if not (path / "config.yaml").is_file() or not (path / "model.safetensors").is_file():
+        found = list_checkpoints(path)
+        if not found:
+            raise ConfigError(f"--ckpt: {path} is neither a checkpoint nor a run directory with checkpoints")
+        path = found[-1]
+    cfg = load_config(path / "config.yaml")
+    cfg.model.init_from = ""
+    model, tokenizer = build_model(cfg)
+    load_weights(model, path)
+    return model.eval(), tokenizer, cfg
+
+
+@torch.no_grad()
+def generate(model, tokenizer, cfg: RunConfig, conversations: list[list[Message]], images: list[list] | None = None,
+             max_new_tokens: int = 64) -> list[str]:
+    """Answer each conversation (ending with a user turn) greedily; `images[i]` are PIL images for its
+    `<image>` placeholders. Prompts are left-padded into one batch."""
+    dev = next(model.parameters()).device
+    prompts = [render_prompt(msgs, tokenizer, cfg.data.template, system_prompt=cfg.data.system_prompt,
+                             media_tokens=model.media_tokens or None) for msgs in conversations]
+    pixels = None
+    if images and any(images):
+        pixels = torch.stack([model.encoder.transform(img) for imgs in images for img in imgs]).to(dev)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=dev)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
+    embeds = model.embed(ids, pixels)
+    out = model.llm.generate(inputs_embeds=embeds, attention_mask=attention, max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=stop_token_ids(tokenizer, cfg.data.template),
+                             pad_token_id=pad_id)
+    # Decoder-only models given only inputs_embeds return just the new tokens.
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]

@@ -1,0 +1,73 @@
+"""RunConfig -> the model to train: LLM + optional encoder and bridge, with each part's tuning mode applied."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmtune.config import RunConfig
+from mmtune.errors import ConfigError
+
+
+def build_model(cfg: RunConfig):
+    """Returns (MultimodalLM, tokenizer). Parts built from scratch are listed in `model.from_scratch`, so
+    checkpoints save them whole (they cannot be re-read from a source later)."""
+    from mmtune.bridges import build_bridge
+    from mmtune.encoders import build_encoder
+    from mmtune.models.llm import load_llm
+    from mmtune.models.multimodal_lm import MultimodalLM
+    from mmtune.tuning import apply_tuning
+
+    torch.manual_seed(cfg.train.seed)  # parts built from scratch get the same init on every run and rank
+    llm, tokenizer = load_llm(cfg.model.llm, tokenizer=cfg.model.tokenizer)
+    encoder = bridge = None
+    from_scratch = {"llm"} if cfg.model.llm.startswith("tiny:") else set()
+    if cfg.model.encoder is not None:
+        encoder = build_encoder(cfg.model.encoder)
+        hidden = llm.get_input_embeddings().embedding_dim
+        bridge = build_bridge(cfg.model.bridge, encoder.out_dim, hidden)
+        from_scratch.add("bridge")
+        if not cfg.model.encoder.args.get("pretrained") and not cfg.model.encoder.args.get("path"):
+            from_scratch.add("encoder")
+    tuning = cfg.tuning
+    llm = apply_tuning(llm, tuning.llm, tuning.lora, "tuning.llm")
+    if encoder is not None:
+        encoder = apply_tuning(encoder, tuning.encoder, tuning.lora, "tuning.encoder")
+        bridge = apply_tuning(bridge, tuning.bridge, tuning.lora, "tuning.bridge")
+    model = MultimodalLM(llm, encoder, bridge)
+    model.from_scratch = from_scratch
+    if cfg.model.init_from:
+        load_weights(model, Path(cfg.model.init_from), field="model.init_from")
+    return model, tokenizer
+
+
+def weights_to_save(model) -> dict[str, torch.Tensor]:
+    """Trainable parameters plus every tensor of parts built from scratch."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    prefixes = tuple(f"{part}." for part in getattr(model, "from_scratch", ()))
+    return {n: t.detach().contiguous() for n, t in model.state_dict().items()
+            if n in trainable or (prefixes and n.startswith(prefixes))}
+
+
+def load_weights(model, ckpt: Path, field: str = "checkpoint") -> list[str]:
+    """Load `ckpt/model.safetensors` into `model`. Keys absent from the model are an error; returns the loaded keys.
+
+    Stage 2 may wrap the LLM with LoRA while stage 1 saved a plain bridge: keys match by name, so the bridge loads
+    and the new LoRA weights keep their fresh init.
+    """
+    from safetensors.torch import load_file
+
+    path = ckpt / "model.safetensors" if ckpt.is_dir() else ckpt
+    if not path.is_file():
+        raise ConfigError(f"{field}: no model.safetensors in {ckpt}")
+    state = load_file(str(path))
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise ConfigError(f"{field}: {path} has {len(unknown)} weights this model lacks, e.g. {unknown[:3]}; "
+                          "was it trained with a different model config?")
+    bad = [k for k, v in state.items() if own[k].shape != v.shape]
+    if bad:
+        raise ConfigError(f"{field}: shape mismatch for {bad[:3]} ({state[bad[0]].shape} vs {own[bad[0]].shape})")
+    model.load_state_dict(state, strict=False)
+    return list(state)

@@ -58,9 +58,10 @@ def accuracy_callback(questions, batch_size: int = 64):
         acc = accuracy(preds, [q[2] for q in questions], [q[3] for q in questions])
         shown = "; ".join(f"{q[0][-1].content.splitlines()[-1]} -> {p!r} (ref {q[2]!r})"
                           for q, p in zip(questions[:3], preds[:3]))
-        log.say(f"step {step}: held-out accuracy {acc['overall']:.3f} | e.g. {shown}")
-        callback.history.append((step, acc["overall"]))
-        return {"accuracy": acc["overall"], **{f"accuracy/{k}": v for k, v in acc.get("per_task", {}).items()}}
+        per_task = " ".join(f"{k} {v['accuracy']:.2f}" for k, v in sorted(acc["per_task"].items()))
+        log.say(f"step {step}: held-out accuracy {acc['accuracy']:.3f} ({per_task}) | e.g. {shown}")
+        callback.history.append((step, acc["accuracy"]))
+        return {"accuracy": acc["accuracy"], **{f"accuracy/{k}": v["accuracy"] for k, v in acc["per_task"].items()}}
 
     callback.history = []
     return callback

@@ -24,9 +24,11 @@ INDEX_NAME = "index.json"
 
 
 class ShardSink:
-    """Write samples to `out_dir/{prefix}-000000.tar` ... and an index.json with per-shard counts.
+    """Write samples to `out_dir/{prefix}-000000.tar` ... and `{prefix}-index.json` with per-shard counts.
 
     Keys are sequence numbers (ids may hold dots or slashes, which tar keys cannot); the id lives in the JSON.
+    Only the shards this sink wrote are indexed, and a prefix that already has shards in `out_dir` is refused,
+    so a rebuild never mixes old and new shards.
     """
 
     def __init__(self, out_dir: str | Path, prefix: str = "data", maxcount: int = 1000, maxsize: float = 1e9):
@@ -34,7 +36,12 @@ class ShardSink:
 
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        stale = sorted(self.out_dir.glob(f"{prefix}-*.tar"))
+        if stale:
+            raise DataError(f"{self.out_dir} already holds {prefix} shards ({stale[0].name}, ...); "
+                            "remove them or choose another output directory")
         self.prefix = prefix
+        self.per_shard: dict[str, int] = {}
         self._writer = wds.ShardWriter(str(self.out_dir / f"{prefix}-%06d.tar"), maxcount=maxcount,
                                        maxsize=maxsize, verbose=0)
         self.count = 0
@@ -43,16 +50,18 @@ class ShardSink:
         record = {"__key__": f"{self.count:09d}", "json": dumps(sample)}
         record.update(sample.data)
         self._writer.write(record)
+        name = Path(self._writer.fname).name
+        self.per_shard[name] = self.per_shard.get(name, 0) + 1
         self.count += 1
 
     def close(self) -> list[Path]:
+        """Finish the last shard, drop the empty one webdataset opens eagerly, write the index."""
         self._writer.close()
-        shards = sorted(self.out_dir.glob(f"{self.prefix}-*.tar"))
-        index = {"samples": self.count, "shards": {}}
-        for s in shards:
-            with tarfile.open(s, "r:") as tf:
-                keys = {m.name.split(".", 1)[0] for m in tf}
-            index["shards"][s.name] = len(keys)
+        for path in self.out_dir.glob(f"{self.prefix}-*.tar"):
+            if path.name not in self.per_shard:
+                path.unlink()
+        shards = [self.out_dir / name for name in self.per_shard]
+        index = {"samples": self.count, "shards": self.per_shard}
         _atomic_write(self.out_dir / f"{self.prefix}-{INDEX_NAME}", json.dumps(index, indent=1))
         return shards
 

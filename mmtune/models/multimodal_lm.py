@@ -35,7 +35,9 @@ class MultimodalLM(nn.Module):
         super().__init__()
         self.llm, self.encoder, self.bridge = llm, encoder, bridge
         self.seq2seq = is_seq2seq(llm)
-        backbone, _ = llm_parts(llm) if not self.seq2seq else (None, None)
+        # A tuple, not attributes: the parts are already registered under `llm` and must not be twice.
+        self._parts = llm_parts(llm) if not self.seq2seq else (None, None)
+        backbone = self._parts[0]
         self._takes_positions = backbone is not None and "position_ids" in inspect.signature(backbone.forward).parameters
 
     @property
@@ -76,7 +78,7 @@ class MultimodalLM(nn.Module):
         else:
             mask = (seq >= 0).long()
         kwargs = {"position_ids": batch["position_ids"]} if self._takes_positions else {}
-        backbone, _ = llm_parts(self.llm)
+        backbone = self._parts[0]
         embeds = self.embed(batch["input_ids"], batch.get("pixel_values"))
         return backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs).last_hidden_state
 
@@ -89,7 +91,7 @@ class MultimodalLM(nn.Module):
         targets[:, :-1] = labels[:, 1:].masked_fill(seq[:, 1:] != seq[:, :-1], IGNORE)
         keep = targets != IGNORE
         hidden = self.hidden_states(batch)
-        _, head = llm_parts(self.llm)
+        head = self._parts[1]
         logits = head(hidden[keep]) if sparse else head(hidden)[keep]
         return Scored(logits, targets[keep], seq[keep])
 

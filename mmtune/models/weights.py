@@ -45,7 +45,10 @@ def gguf_to_hf(gguf: Path, out: Path) -> Path:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A fresh instance of the same class drops the GGUF bookkeeping so save_pretrained writes a plain model.
-    plain = type(model)(model.config)
+    config = model.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantised now; keep loaders from thinking otherwise
+        del config.quantization_config
+    plain = type(model)(config)
     plain.load_state_dict(model.state_dict())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))

@@ -87,8 +87,6 @@ class DataConfig:
     num_workers: int = 0
     on_error: Literal["raise", "skip"] = "raise"
     """Bad samples (corrupt media, placeholder mismatch): raise naming the sample, or skip and count."""
-    image_size: int = 0
-    """Set from the encoder; not a user setting unless the encoder leaves it open."""
 
     def __post_init__(self):
         if self.max_len <= 0:

@@ -15,9 +15,9 @@ from typing import Iterator
 import torch
 
 from mmtune.data.shards import Item
+from mmtune.data.templates import IGNORE
 from mmtune.errors import DataError
 
-IGNORE = -100
 
 
 @dataclass

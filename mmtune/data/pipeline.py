@@ -34,7 +34,8 @@ class SampleEncoder:
         where = f"sample {sample.id!r} ({sample.source or 'unknown source'})"
         fn = encode_seq2seq if self.seq2seq else encode
         enc = fn(sample.messages, self.tokenizer, self.template, system_prompt=self.system_prompt,
-                 media_tokens=self.media_tokens or None, max_len=None if self.overlong == "error" else self.max_len)
+                 media_tokens=self.media_tokens or None, max_len=None if self.overlong == "error" else self.max_len,
+                 where=where)
         length = len(enc.input_ids)
         if self.overlong == "error" and length > self.max_len:
             raise DataError(f"{where}: {length} tokens (media included) exceed data.max_len={self.max_len}; "

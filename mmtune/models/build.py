@@ -42,11 +42,16 @@ def build_model(cfg: RunConfig):
 
 
 def weights_to_save(model) -> dict[str, torch.Tensor]:
-    """Trainable parameters plus every tensor of parts built from scratch."""
+    """Trainable parameters plus every tensor of parts built from scratch. Tied tensors (e.g. an LM head sharing
+    the embedding) are saved once, under their first name; loading restores the tie."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     prefixes = tuple(f"{part}." for part in getattr(model, "from_scratch", ()))
-    return {n: t.detach().contiguous() for n, t in model.state_dict().items()
-            if n in trainable or (prefixes and n.startswith(prefixes))}
+    out, seen = {}, set()
+    for n, t in model.state_dict().items():
+        if (n in trainable or (prefixes and n.startswith(prefixes))) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            out[n] = t.detach().contiguous()
+    return out
 
 
 def load_weights(model, ckpt: Path, field: str = "checkpoint") -> list[str]:

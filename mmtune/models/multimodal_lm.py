@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmtune.data.packing import IGNORE
-from mmtune.data.templates import MEDIA_TOKEN_IDS
+from mmtune.data.templates import IGNORE, MEDIA_TOKEN_IDS
 from mmtune.errors import DataError
 from mmtune.models.llm import is_seq2seq, llm_parts
 

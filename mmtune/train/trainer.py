@@ -135,7 +135,7 @@ def train(cfg: RunConfig, resume: str | bool = False, callbacks: list | None = N
             with autocast(cfg):
                 out = objective(model, batch, sparse=t.sparse_lm_head)
             out.loss_sum.backward()
-            loss_sum, count = loss_sum + float(out.loss_sum), count + out.count
+            loss_sum, count = loss_sum + float(out.loss_sum.detach()), count + out.count
             ids += batch["sample_ids"]
             pad += padding_fraction(batch) / t.grad_accum
             window_tokens += int((batch["seq_ids"] >= 0).sum())

@@ -1,0 +1,99 @@
+"""The encoder contract, for every entry of ENCODERS: shapes, transforms, freezing, and config errors."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmtune.bridges import build_bridge
+from mmtune.config import ComponentConfig
+from mmtune.data.media import decode_image
+from mmtune.encoders import ENCODERS, build_encoder
+from mmtune.errors import ConfigError
+
+EXAMPLE = Path("/work/shared/data/images/example.jpg")
+
+
+def cases(tiny_cases, name):
+    return [ComponentConfig(name, args) for args in tiny_cases[name]]
+
+
+def test_every_registered_encoder_has_a_tiny_case(tiny_cases):
+    assert set(tiny_cases) == set(ENCODERS)
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("tokens", ["patch", "all"])
+def test_forward_returns_num_tokens_by_out_dim(tiny_cases, name, tokens):
+    for cfg in cases(tiny_cases, name):
+        encoder = build_encoder(ComponentConfig(name, {**cfg.args, "tokens": tokens}))
+        pixels = torch.randn(2, 3, encoder.image_size, encoder.image_size)
+        assert encoder(pixels).shape == (2, encoder.num_tokens, encoder.out_dim)
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_transform_of_a_real_image_feeds_the_encoder(tiny_cases, name):
+    image = decode_image(EXAMPLE.read_bytes(), str(EXAMPLE))
+    for cfg in cases(tiny_cases, name):
+        encoder = build_encoder(cfg)
+        pixels = encoder.transform(image)
+        assert pixels.shape == (3, encoder.image_size, encoder.image_size) and pixels.dtype == torch.float32
+        assert torch.equal(pickle.loads(pickle.dumps(encoder.transform))(image), pixels)  # DataLoader workers
+        assert encoder(pixels[None]).shape == (1, encoder.num_tokens, encoder.out_dim)
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_frozen_encoder_gets_no_gradients(tiny_cases, name):
+    for cfg in cases(tiny_cases, name):
+        encoder = build_encoder(cfg).requires_grad_(False)
+        bridge = build_bridge(ComponentConfig("mlp2x_gelu"), encoder.out_dim, 8)
+        bridge(encoder(torch.randn(2, 3, encoder.image_size, encoder.image_size))).sum().backward()
+        assert all(p.grad is None for p in encoder.parameters())
+        assert all(p.grad is not None for p in bridge.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_trained_encoder_has_no_unused_parameters(tiny_cases, name):
+    """Blocks after `layer` and the pooling head are dropped, so DDP needs no find_unused_parameters."""
+    for cfg in cases(tiny_cases, name):
+        encoder = build_encoder(ComponentConfig(name, {**cfg.args, "layer": -2}))
+        encoder(torch.randn(2, 3, encoder.image_size, encoder.image_size)).sum().backward()
+        unused = [n for n, p in encoder.named_parameters() if p.grad is None]
+        assert unused == []
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_penultimate_layer_differs_from_last(tiny_cases, name):
+    for cfg in cases(tiny_cases, name):
+        torch.manual_seed(0)
+        last = build_encoder(ComponentConfig(name, {**cfg.args, "layer": -1}))
+        torch.manual_seed(0)
+        penultimate = build_encoder(ComponentConfig(name, {**cfg.args, "layer": -2}))
+        pixels = torch.randn(2, 3, last.image_size, last.image_size)
+        assert last(pixels).shape == penultimate(pixels).shape
+        assert not torch.allclose(last(pixels), penultimate(pixels))
+
+
+def test_cls_tokens_give_one_token(tiny_cases):
+    encoder = build_encoder(ComponentConfig("clip", {**tiny_cases["clip"][0], "tokens": "cls"}))
+    assert encoder.num_tokens == 1
+    assert encoder(torch.randn(3, 3, encoder.image_size, encoder.image_size)).shape == (3, 1, encoder.out_dim)
+
+
+def test_unknown_encoder_lists_the_registry():
+    with pytest.raises(ConfigError, match=r"model\.encoder\.name: unknown encoder 'clipp'; known: clip, hf_clip"):
+        build_encoder(ComponentConfig("clipp", {}))
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"arch": "mmtune-vit-tiny", "lyer": -2}, r"model\.encoder\.args\.lyer; did you mean model\.encoder\.args\.layer"),
+    ({"arch": "mmtune-vit-tiny", "tokens": "first"}, r"model\.encoder\.args\.tokens must be one of"),
+    ({"arch": "mmtune-vit-tiny", "layer": "last"}, r"model\.encoder\.args\.layer must be int"),
+    ({"arch": "mmtune-vit-tiny", "layer": 2}, r"model\.encoder\.args\.layer: 2 is out of range .* \(use -2\.\.1\)"),
+    ({}, r"model\.encoder\.args\.arch must be set"),
+])
+def test_bad_args_name_the_key(args, message):
+    with pytest.raises(ConfigError, match=message):
+        build_encoder(ComponentConfig("clip", args))

@@ -2,8 +2,9 @@
 
     import mmtune
     cfg = mmtune.load_config("configs/text/alpaca_lora.yaml", ["train.steps=50"])
-    result = mmtune.train(cfg)
+    result = mmtune.finetune(cfg)
 
+(`finetune`, not `train`: `mmtune.train` is the package holding the loop.)
 Heavy libraries (transformers, open_clip, peft) are imported on first use, so the CLI starts fast.
 """
 from mmtune.config import RunConfig, load_config
@@ -12,11 +13,12 @@ from mmtune.errors import ConfigError, DataError, UserError
 __version__ = "0.1.0"
 
 
-def train(cfg: RunConfig, resume: str | bool = False):
-    """Run the configured recipe; returns the trainer's summary (final metrics, checkpoint path)."""
-    from mmtune.train.trainer import train as _train
+def finetune(cfg: RunConfig, resume: str | bool = False, callbacks: list | None = None) -> dict:
+    """Run the configured recipe, exactly as `mmtune train` does; returns the run summary (checkpoint path,
+    loss-curve path, skip counts). `resume`: False, True (newest checkpoint of train.out_dir) or a path."""
+    from mmtune.train.trainer import train
 
-    return _train(cfg, resume=resume)
+    return train(cfg, resume=resume, callbacks=callbacks)
 
 
-__all__ = ["RunConfig", "load_config", "train", "ConfigError", "DataError", "UserError"]
+__all__ = ["RunConfig", "load_config", "finetune", "ConfigError", "DataError", "UserError"]

@@ -1,0 +1,60 @@
+"""Config loading: typed fields, dotted overrides, errors that name the file and key; every recipe validates."""
+from pathlib import Path
+
+import pytest
+
+from mmtune.config import ConfigError, load_config, save_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+
+
+def test_configs_found():
+    assert len(CONFIGS) >= 6
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parent.parent)))
+def test_every_recipe_loads(path):
+    cfg = load_config(path)
+    assert cfg.train.steps > 0
+
+
+def test_overrides_and_types(tmp_path):
+    cfg = load_config(None, ["train.lr=1e-4", "train.steps=7", "data.packing=true", "data.train=[a.tar, b.tar]",
+                             "tuning.lora.r=4", "model.encoder={name: clip}", "model.bridge={name: linear}"])
+    assert cfg.train.lr == 1e-4 and cfg.train.steps == 7 and cfg.data.packing is True
+    assert cfg.data.train == ["a.tar", "b.tar"] and cfg.tuning.lora.r == 4 and cfg.model.bridge.name == "linear"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["train.lr=3e-4", "model.encoder={name: clip, args: {arch: x}}",
+                             "model.bridge={name: mlp2x_gelu}"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", r"unknown key train\.lrr; did you mean train\.lr\?"),
+    ("trian.lr=1", r"unknown key trian; did you mean train\?"),
+    ("train.steps=abc", r"train\.steps must be int, got 'abc'"),
+    ("train.steps=1.5", r"train\.steps must be int"),
+    ("data.packing=maybe", r"data\.packing must be bool"),
+    ("data.overlong=cut", r"data\.overlong must be one of \['truncate', 'skip', 'error'\]"),
+    ("train.batch_size=0", r"train\.batch_size must be > 0"),
+    ("model.encoder={name: clip}", r"model\.bridge must be set"),
+    ("train.lr", r"expected section\.key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_file_names_the_file(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: unknown key train\.stepz; did you mean train\.steps\?"):
+        load_config(path)
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found: .*missing.yaml"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,152 @@
+"""The training loop end to end on tiny models: every family trains, accumulation is token-weighted, the
+non-finite guard counts and aborts, bad data is named or counted, and a run leaves metrics, a plot and a config."""
+import json
+import random
+
+import pytest
+import torch
+
+import mmtune
+from mmtune.data.sample import Media, Message, Sample
+from mmtune.data.shards import ShardSink
+from mmtune.errors import DataError, TrainingError
+from mmtune.models.llm import TINY
+from mmtune.train import objectives
+from tests.helpers import VLM, image_sample, text_sample, tiny_config, write_image_shards, write_text_shards
+
+
+def _metrics(run_dir):
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_every_tiny_family_trains(tmp_path, family):
+    shards = write_text_shards(tmp_path / "d", 16)
+    cfg = tiny_config(tmp_path / "run", shards, f"model.llm=tiny:{family}", "train.steps=2", "train.log_every=1")
+    summary = mmtune.finetune(cfg)
+    losses = [r["loss"] for r in _metrics(tmp_path / "run") if "loss" in r]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors").is_file()
+    assert summary["step"] == 2
+
+
+def test_run_leaves_metrics_plot_config_and_eval_loss_drops(tmp_path):
+    shards = write_text_shards(tmp_path / "d", 32)
+    evals = write_text_shards(tmp_path / "d", 8, prefix="eval")
+    cfg = tiny_config(tmp_path / "run", shards, f"data.eval={evals}", "train.steps=30", "train.lr=3e-3",
+                      "train.eval_every=30", "train.log_every=5")
+    mmtune.finetune(cfg)
+    run = tmp_path / "run"
+    evals = [r["eval_loss"] for r in _metrics(run) if "eval_loss" in r]
+    assert len(evals) == 2 and evals[-1] < evals[0] - 1.0
+    assert (run / "loss_curve.png").stat().st_size > 5000
+    assert mmtune.load_config(run / "config.yaml") == cfg
+    assert "eval loss" in (run / "train.log").read_text()
+
+
+def _first_step(tmp_path, name, *overrides):
+    shards = write_text_shards(tmp_path / "d", 8) if not (tmp_path / "d").exists() else \
+        sorted(str(p) for p in (tmp_path / "d").glob("train-*.tar"))
+    cfg = tiny_config(tmp_path / name, shards, "train.steps=1", "train.log_every=1", "data.shuffle=false",
+                      "data.group_by_length=false", "train.clip=0", *overrides)
+    torch.manual_seed(0)
+    mmtune.finetune(cfg)
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / name / "checkpoints" / "step-000001" / "model.safetensors"))
+    return _metrics(tmp_path / name)[0]["loss"], weights
+
+
+def test_gradient_accumulation_is_token_weighted(tmp_path):
+    loss_a, w_a = _first_step(tmp_path, "big", "train.batch_size=8", "train.grad_accum=1")
+    loss_b, w_b = _first_step(tmp_path, "accum", "train.batch_size=2", "train.grad_accum=4")
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    for k in w_a:
+        torch.testing.assert_close(w_a[k], w_b[k], atol=2e-6, rtol=1e-4)
+
+
+def test_non_finite_steps_are_skipped_then_abort(tmp_path, monkeypatch):
+    def nan_loss(model, batch, sparse=True):
+        out = objectives.sft(model, batch, sparse)
+        return objectives.LossOut(out.loss_sum * float("nan"), out.count)
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "sft", nan_loss)
+    shards = write_text_shards(tmp_path / "d", 16)
+    cfg = tiny_config(tmp_path / "run", shards, "train.max_bad_steps=2", "train.steps=10")
+    with pytest.raises(TrainingError, match=r"3 non-finite steps exceed train\.max_bad_steps=2"):
+        mmtune.finetune(cfg)
+    assert "non-finite" in (tmp_path / "run" / "train.log").read_text()
+
+
+def _mismatch_shards(out):
+    rng = random.Random(0)
+    with ShardSink(out, "train") as sink:
+        for i in range(6):
+            sink.write(text_sample(i, rng))
+        bad = image_sample(99, rng)
+        # Written around ShardSink's validation, as a corrupt or hand-made shard would be.
+        bad.media.append(Media("image", "extra.png"))
+        bad.data["extra.png"] = bad.data["0.png"]
+        sink._writer.write({"__key__": "bad", "json": json.dumps(bad.to_json()).encode(), **bad.data})
+    return sorted(str(p) for p in out.glob("train-*.tar"))
+
+
+def test_placeholder_mismatch_in_a_shard_is_named(tmp_path):
+    shards = _mismatch_shards(tmp_path / "d")
+    cfg = tiny_config(tmp_path / "run", shards, *VLM)
+    with pytest.raises(DataError, match=r"train-000000\.tar key 'bad'.*placeholders \[<image>\] do not match media"):
+        mmtune.finetune(cfg)
+
+
+def test_skip_policy_counts_bad_samples(tmp_path):
+    shards = _mismatch_shards(tmp_path / "d")
+    cfg = tiny_config(tmp_path / "run", shards, *VLM, "data.on_error=skip", "train.log_every=1", "train.steps=3")
+    summary = mmtune.finetune(cfg)
+    assert summary["counts"]["skipped_bad_sample"] >= 1
+    assert _metrics(tmp_path / "run")[-1]["skipped_bad_sample"] >= 1
+
+
+def test_corrupt_image_is_named_or_counted(tmp_path):
+    rng = random.Random(0)
+    with ShardSink(tmp_path / "d", "train") as sink:
+        for i in range(4):
+            s = image_sample(i, rng)
+            if i == 2:
+                s.data["0.png"] = b"\x89PNG not really"
+            sink.write(s)
+    shards = sorted(str(p) for p in (tmp_path / "d").glob("train-*.tar"))
+    with pytest.raises(DataError, match=r"sample 's00002'.*member '0.png'.*cannot decode image"):
+        mmtune.finetune(tiny_config(tmp_path / "a", shards, *VLM))
+    summary = mmtune.finetune(tiny_config(tmp_path / "b", shards, *VLM, "data.on_error=skip", "train.steps=2"))
+    assert summary["counts"]["skipped_bad_sample"] >= 1
+
+
+def test_overlong_policies(tmp_path):
+    rng = random.Random(0)
+    long = Sample("long-one", [Message("user", " ".join(["word"] * 200)), Message("assistant", "short answer")])
+    with ShardSink(tmp_path / "d", "train") as sink:
+        sink.write(long)
+        for i in range(5):
+            sink.write(text_sample(i, rng))
+    shards = sorted(str(p) for p in (tmp_path / "d").glob("train-*.tar"))
+    with pytest.raises(DataError, match=r"sample 'long-one'.*exceed data\.max_len=96"):
+        mmtune.finetune(tiny_config(tmp_path / "a", shards, "data.overlong=error"))
+    summary = mmtune.finetune(tiny_config(tmp_path / "b", shards, "train.steps=2"))  # truncate: nothing supervised left
+    assert summary["counts"]["skipped_no_target"] >= 1
+    summary = mmtune.finetune(tiny_config(tmp_path / "c", shards, "train.steps=2", "data.overlong=skip"))
+    assert summary["counts"]["skipped_overlong"] >= 1
+
+
+def test_multimodal_packed_run_and_checkpoint_reload(tmp_path):
+    shards = write_image_shards(tmp_path / "d", 24)
+    cfg = tiny_config(tmp_path / "run", shards, *VLM, "data.packing=true", "train.steps=3")
+    summary = mmtune.finetune(cfg)
+    from mmtune.infer.generate import generate, load_checkpoint
+
+    model, tok, loaded_cfg = load_checkpoint(summary["checkpoint"])
+    assert loaded_cfg.data.packing
+    from PIL import Image
+
+    out = generate(model, tok, loaded_cfg, [[Message("user", "<image>\nwhat is it?")]],
+                   [[Image.new("RGB", (40, 30), "red")]], max_new_tokens=4)
+    assert len(out) == 1 and isinstance(out[0], str)

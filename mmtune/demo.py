@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def held_out_questions(shards: list[str], limit: int):
     """(question messages, PIL image, reference answer, task) for the first `limit` held-out samples."""
     from mmtune.data.media import decode_image
-    from mmtune.data.shards import ShardStream
+    from mmtune.data.stream import ShardStream
 
     out = []
     for item in ShardStream(shards, lambda s: s, shuffle=False):

@@ -13,7 +13,7 @@ import torch
 from mmtune.data.media import decode_image
 from mmtune.data.packing import Batcher, DataState, collate, collate_seq2seq
 from mmtune.data.sample import Sample
-from mmtune.data.shards import ShardStream
+from mmtune.data.stream import ShardStream
 from mmtune.data.templates import encode, encode_seq2seq, has_target
 from mmtune.errors import DataError, SampleSkip
 

@@ -1,21 +1,20 @@
-"""WebDataset shards: writing with webdataset's ShardWriter, and a streaming, resumable, rank/worker-aware reader.
+"""WebDataset shards on disk: writing them, and reading their tar headers and samples. No torch here.
 
-Reading is our own because no library fit (see docs/architecture.md, "Data state"): the reader walks tar headers
-(cheap: data is seeked over) in an order fixed by (seed, epoch), so every rank and worker sees the same sequence of
-sample references and decodes only its own. That makes the position a single integer per rank and resume exact.
-Memory is bounded by the shuffle buffer, never by the data set size.
+Shards are plain WebDataset tars (members `{key}.json`, `{key}.0.jpg`, ...; webdataset.WebDataset reads them,
+tested). They are written with the standard library's tarfile rather than webdataset's ShardWriter because
+importing webdataset imports torch, which alone costs ~500 MB of RSS: a data build should not. Reading walks tar
+headers and seeks over data, so a reader can index a shard without loading it (stream.py builds on this).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
-import random
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
-
-import torch
+from typing import Iterable, Iterator
 
 from mmtune.data.sample import Sample, dumps
 from mmtune.errors import DataError
@@ -24,46 +23,54 @@ INDEX_NAME = "index.json"
 
 
 class ShardSink:
-    """Write samples to `out_dir/{prefix}-000000.tar` ... and `{prefix}-index.json` with per-shard counts.
+    """Write samples to `out_dir/{prefix}-000000.tar` ... (`maxcount` samples or `maxsize` bytes each) and
+    `{prefix}-index.json` with per-shard counts.
 
     Keys are sequence numbers (ids may hold dots or slashes, which tar keys cannot); the id lives in the JSON.
-    Only the shards this sink wrote are indexed, and a prefix that already has shards in `out_dir` is refused,
-    so a rebuild never mixes old and new shards.
+    A prefix that already has shards in `out_dir` is refused, so a rebuild never mixes old and new shards.
     """
 
     def __init__(self, out_dir: str | Path, prefix: str = "data", maxcount: int = 1000, maxsize: float = 1e9):
-        import webdataset as wds
-
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         stale = sorted(self.out_dir.glob(f"{prefix}-*.tar"))
         if stale:
             raise DataError(f"{self.out_dir} already holds {prefix} shards ({stale[0].name}, ...); "
                             "remove them or choose another output directory")
-        self.prefix = prefix
+        self.prefix, self.maxcount, self.maxsize = prefix, maxcount, maxsize
         self.per_shard: dict[str, int] = {}
-        self._writer = wds.ShardWriter(str(self.out_dir / f"{prefix}-%06d.tar"), maxcount=maxcount,
-                                       maxsize=maxsize, verbose=0)
         self.count = 0
+        self._tar: tarfile.TarFile | None = None
+        self._size = 0
 
     def write(self, sample: Sample) -> None:
-        record = {"__key__": f"{self.count:09d}", "json": dumps(sample)}
-        record.update(sample.data)
-        self._writer.write(record)
-        name = Path(self._writer.fname).name
-        self.per_shard[name] = self.per_shard.get(name, 0) + 1
+        members = {"json": dumps(sample), **sample.data}
+        if self._tar is None or self.per_shard[self._name] >= self.maxcount or self._size >= self.maxsize:
+            self._next_shard()
+        key = f"{self.count:09d}"
+        for ext, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), self._mtime, 0o444
+            self._tar.addfile(info, io.BytesIO(data))
+            self._size += len(data) + 512
+        self.per_shard[self._name] += 1
         self.count += 1
 
+    def _next_shard(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+        self._name = f"{self.prefix}-{len(self.per_shard):06d}.tar"
+        self.per_shard[self._name] = 0
+        self._tar = tarfile.open(self.out_dir / self._name, "w", format=tarfile.USTAR_FORMAT)
+        self._size, self._mtime = 0, int(time.time())
+
     def close(self) -> list[Path]:
-        """Finish the last shard, drop the empty one webdataset opens eagerly, write the index."""
-        self._writer.close()
-        for path in self.out_dir.glob(f"{self.prefix}-*.tar"):
-            if path.name not in self.per_shard:
-                path.unlink()
-        shards = [self.out_dir / name for name in self.per_shard]
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
         index = {"samples": self.count, "shards": self.per_shard}
         _atomic_write(self.out_dir / f"{self.prefix}-{INDEX_NAME}", json.dumps(index, indent=1))
-        return shards
+        return [self.out_dir / name for name in self.per_shard]
 
     def __enter__(self):
         return self
@@ -138,6 +145,10 @@ def iter_refs(shard: str) -> Iterator[Ref]:
                 members.append((member, info.offset_data, info.size))
                 if info.offset_data + info.size > file_size:
                     raise tarfile.ReadError(f"member {name!r} runs past the end of the file")
+            # tarfile stops quietly at a cut header; a complete tar ends with two zero blocks after the last member.
+            tf.fileobj.seek(tf.offset)
+            if tf.fileobj.read(1024) != bytes(1024):
+                raise tarfile.ReadError("no end-of-archive marker")
     except (tarfile.ReadError, EOFError, OSError) as e:
         raise DataError(f"{shard}: truncated or corrupt tar after key {key!r} ({e})") from None
     if key is not None:
@@ -158,61 +169,6 @@ def read_sample(ref: Ref) -> Sample:
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: malformed JSON ({e})") from None
     return Sample.from_json(obj, data, where=f"{where} id {obj.get('id', '?')!r}")
-
-
-class ShardStream(torch.utils.data.IterableDataset):
-    """Deterministic stream of `(local index, transform(sample))` for one rank, split across DataLoader workers.
-
-    Global order: shards shuffled per epoch, then a seeded shuffle buffer of refs. Rank r owns global positions
-    i with i % world == r; its local index is i // world, and worker w owns local indices j with
-    (j - start) % num_workers == w, so the DataLoader's round-robin over workers yields local indices in order.
-    One epoch only; the loader builds a new stream per epoch. Failed samples come back as Items with `error`
-    (never dropped), so the order stays intact and the batcher counts or raises.
-    """
-
-    def __init__(self, shards: list[str], transform: Callable[[Sample], object], *, epoch: int = 0, seed: int = 0,
-                 shuffle: bool = True, shuffle_buffer: int = 1000, rank: int = 0, world: int = 1, start: int = 0):
-        super().__init__()
-        self.shards, self.transform = list(shards), transform
-        self.epoch, self.seed, self.shuffle, self.shuffle_buffer = epoch, seed, shuffle, shuffle_buffer
-        self.rank, self.world, self.start = rank, world, start
-
-    def refs(self) -> Iterator[Ref | DataError]:
-        rng = random.Random(f"{self.seed}-{self.epoch}")
-        shards = list(self.shards)
-        if self.shuffle:
-            rng.shuffle(shards)
-        buffer: list[Ref] = []
-        for shard in shards:
-            try:
-                for ref in iter_refs(shard):
-                    if not self.shuffle or self.shuffle_buffer <= 1:
-                        yield ref
-                        continue
-                    buffer.append(ref)
-                    if len(buffer) >= self.shuffle_buffer:
-                        yield buffer.pop(rng.randrange(len(buffer)))
-            except DataError as e:
-                yield e  # a truncated shard: the batcher raises or counts it; the refs before it still count
-        rng.shuffle(buffer)
-        yield from buffer
-
-    def __iter__(self) -> Iterator[Item]:
-        info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        for i, ref in enumerate(self.refs()):  # a shard error takes a position too, so exactly one worker reports it
-            if i % self.world != self.rank:
-                continue
-            local = i // self.world
-            if local < self.start or (local - self.start) % nw != wid:
-                continue
-            if isinstance(ref, DataError):
-                yield Item(local, error=str(ref), reason="bad_shard")
-                continue
-            try:
-                yield Item(local, value=self.transform(read_sample(ref)))
-            except DataError as e:
-                yield Item(local, error=str(e), reason=getattr(e, "reason", "bad_sample"))
 
 
 def count_samples(shards: list[str]) -> int:

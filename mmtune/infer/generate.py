@@ -24,7 +24,7 @@ def load_checkpoint(path: str | Path):
     if not (path / "config.yaml").is_file() or not (path / "model.safetensors").is_file():
         found = list_checkpoints(path)
         if not found:
-            raise ConfigError(f"--ckpt: {path} is neither a checkpoint nor a run directory with checkpoints")
+            raise ConfigError(f"--ckpt: {path} is neither a checkpoint nor a run directory (no checkpoints found)")
         path = found[-1]
     cfg = load_config(path / "config.yaml")
     cfg.model.init_from = ""

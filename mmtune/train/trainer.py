@@ -72,6 +72,21 @@ def evaluate(model, cfg: RunConfig, shards: list[str], encoder: SampleEncoder, p
     return total / max(count, 1)
 
 
+def sample_generations(model, tokenizer, cfg: RunConfig, log: RunLog, step: int) -> list[dict]:
+    """Greedy answers to `train.sample_prompts`, written to the log so progress can be read, not only plotted."""
+    from mmtune.data.sample import Message
+    from mmtune.infer.generate import generate
+
+    was_training = model.training
+    model.eval()
+    answers = generate(model, tokenizer, cfg, [[Message("user", p)] for p in cfg.train.sample_prompts],
+                       max_new_tokens=48)
+    model.train(was_training)
+    for prompt, answer in zip(cfg.train.sample_prompts, answers):
+        log.say(f"step {step}: sample | {prompt!r} -> {answer!r}")
+    return [{"prompt": p, "answer": a} for p, a in zip(cfg.train.sample_prompts, answers)]
+
+
 def train(cfg: RunConfig, resume: str | bool = False, callbacks: list | None = None) -> dict:
     """Train `cfg`; `resume` is False, True/"latest" (newest checkpoint in out_dir, if any) or a checkpoint path.
     `callbacks` are called as cb(event, **info) at "eval" and "end" (the demo uses this for accuracy)."""
@@ -116,6 +131,8 @@ def train(cfg: RunConfig, resume: str | bool = False, callbacks: list | None = N
         if eval_shards:
             record["eval_loss"] = evaluate(model, cfg, eval_shards, encoder, pad_id)
             log.say(f"step {step}: eval loss {record['eval_loss']:.4f}")
+        if t.sample_prompts:
+            record["generations"] = sample_generations(model, tokenizer, cfg, log, step)
         for cb in callbacks:
             record.update(cb("eval", step=step, model=model, tokenizer=tokenizer, log=log) or {})
         if len(record) > 1:
@@ -124,56 +141,55 @@ def train(cfg: RunConfig, resume: str | bool = False, callbacks: list | None = N
     if ckpt is None:
         run_eval(0)
     model.train()
-    bar = tqdm(total=t.steps, initial=state["step"], desc="train", dynamic_ncols=True)
-    started, window_tokens = time.perf_counter(), 0
-    while state["step"] < t.steps:
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum, count, ids, pad = 0.0, 0, [], 0.0
-        for _ in range(t.grad_accum):
-            batch, data_state = next(batches)
-            batch = to_device(batch, dev)
-            with autocast(cfg):
-                out = objective(model, batch, sparse=t.sparse_lm_head)
-            out.loss_sum.backward()
-            loss_sum, count = loss_sum + float(out.loss_sum.detach()), count + out.count
-            ids += batch["sample_ids"]
-            pad += padding_fraction(batch) / t.grad_accum
-            window_tokens += int((batch["seq_ids"] >= 0).sum())
-        state["step"] += 1
-        step = state["step"]
-        for p in params:  # weight by supervised tokens across the whole accumulation step
-            if p.grad is not None:
-                p.grad.div_(max(count, 1))
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.clip if t.clip > 0 else float("inf")))
-        loss = loss_sum / max(count, 1)
-        if math.isfinite(loss) and math.isfinite(grad_norm):
-            optimizer.step()
-        else:
-            state["bad_steps"] += 1
-            log.say(f"step {step}: non-finite loss/grad ({loss}, {grad_norm}); skipped ({state['bad_steps']} so far)")
-            if state["bad_steps"] > t.max_bad_steps:
-                raise TrainingError(f"{state['bad_steps']} non-finite steps exceed train.max_bad_steps="
-                                    f"{t.max_bad_steps}; lower train.lr or use train.precision=fp32")
-        scheduler.step()
-        state["data"] = asdict(data_state)
-        state["samples"] += len(ids)
-        state["tokens"] += count
-        state["counts"] = dict(batcher.counts)
-        log.data_order(step, ids)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}")
-        if step % t.log_every == 0 or step == 1 or step == t.steps:
-            elapsed = time.perf_counter() - started
-            log.metric({"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                        "supervised_tokens": count, "tokens_per_s": window_tokens / max(elapsed, 1e-9),
-                        "padding": pad, "bad_steps": state["bad_steps"], **state["counts"]})
-            started, window_tokens = time.perf_counter(), 0
-        if step % t.eval_every == 0 or step == t.steps:
-            run_eval(step)
-            log.plot()
-        if step % t.save_every == 0 or step == t.steps:
-            checkpoint.save(run_dir, step, model, optimizer, scheduler, state, cfg, t.keep_last)
-    bar.close()
+    with tqdm(total=t.steps, initial=state["step"], desc="train", dynamic_ncols=True) as bar:
+        started, window_tokens = time.perf_counter(), 0
+        while state["step"] < t.steps:
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum, count, ids, pad = 0.0, 0, [], 0.0
+            for _ in range(t.grad_accum):
+                batch, data_state = next(batches)
+                batch = to_device(batch, dev)
+                with autocast(cfg):
+                    out = objective(model, batch, sparse=t.sparse_lm_head)
+                out.loss_sum.backward()
+                loss_sum, count = loss_sum + float(out.loss_sum.detach()), count + out.count
+                ids += batch["sample_ids"]
+                pad += padding_fraction(batch) / t.grad_accum
+                window_tokens += int((batch["seq_ids"] >= 0).sum())
+            state["step"] += 1
+            step = state["step"]
+            for p in params:  # weight by supervised tokens across the whole accumulation step
+                if p.grad is not None:
+                    p.grad.div_(max(count, 1))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.clip if t.clip > 0 else float("inf")))
+            loss = loss_sum / max(count, 1)
+            if math.isfinite(loss) and math.isfinite(grad_norm):
+                optimizer.step()
+            else:
+                state["bad_steps"] += 1
+                log.say(f"step {step}: non-finite loss/grad ({loss}, {grad_norm}); skipped ({state['bad_steps']} so far)")
+                if state["bad_steps"] > t.max_bad_steps:
+                    raise TrainingError(f"{state['bad_steps']} non-finite steps exceed train.max_bad_steps="
+                                        f"{t.max_bad_steps}; lower train.lr or use train.precision=fp32")
+            scheduler.step()
+            state["data"] = asdict(data_state)
+            state["samples"] += len(ids)
+            state["tokens"] += count
+            state["counts"] = dict(batcher.counts)
+            log.data_order(step, ids)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if step % t.log_every == 0 or step == 1 or step == t.steps:
+                elapsed = time.perf_counter() - started
+                log.metric({"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                            "supervised_tokens": count, "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                            "padding": pad, "bad_steps": state["bad_steps"], **state["counts"]})
+                started, window_tokens = time.perf_counter(), 0
+            if step % t.eval_every == 0 or step == t.steps:
+                run_eval(step)
+                log.plot()
+            if step % t.save_every == 0 or step == t.steps:
+                checkpoint.save(run_dir, step, model, optimizer, scheduler, state, cfg, t.keep_last)
     curve = log.plot()
     summary = {"run_dir": str(run_dir), "step": state["step"], "checkpoint": str(checkpoint.list_checkpoints(run_dir)[-1]),
                "loss_curve": str(curve), "counts": state["counts"]}

@@ -15,7 +15,7 @@ from tests.helpers import VLM, tiny_config, write_image_shards, write_text_shard
 
 def _encoded(cfg, model, tok, shards):
     enc = sample_encoder(cfg, model, tok)
-    from mmtune.data.shards import ShardStream
+    from mmtune.data.stream import ShardStream
 
     return [it.value for it in ShardStream(shards, enc, shuffle=False)]
 

@@ -10,7 +10,7 @@ from PIL import Image
 from data_builders.synth.shapes import (ANSWERS, BACKGROUND, CAPTION, COLORS, chance_accuracy, generate,
                                         image_digest, write_demo_shards)
 from mmtune.data.sample import Sample, validate
-from mmtune.data.shards import ShardStream
+from mmtune.data.stream import ShardStream
 from mmtune.errors import ConfigError, DataError
 
 CELL_NAMES = {(1, 0): "left", (1, 2): "right", (0, 1): "top", (2, 1): "bottom"}

@@ -34,6 +34,7 @@ def test_run_leaves_metrics_plot_config_and_eval_loss_drops(tmp_path):
     shards = write_text_shards(tmp_path / "d", 32)
     evals = write_text_shards(tmp_path / "d", 8, prefix="eval")
     cfg = tiny_config(tmp_path / "run", shards, f"data.eval={evals}", "train.steps=30", "train.lr=3e-3",
+                      "train.sample_prompts=[alpha beta gamma]",
                       "train.eval_every=30", "train.log_every=5")
     mmtune.finetune(cfg)
     run = tmp_path / "run"
@@ -41,7 +42,7 @@ def test_run_leaves_metrics_plot_config_and_eval_loss_drops(tmp_path):
     assert len(evals) == 2 and evals[-1] < evals[0] - 1.0
     assert (run / "loss_curve.png").stat().st_size > 5000
     assert mmtune.load_config(run / "config.yaml") == cfg
-    assert "eval loss" in (run / "train.log").read_text()
+    assert "eval loss" in (run / "train.log").read_text() and "sample | 'alpha beta gamma' ->" in (run / "train.log").read_text()
 
 
 def _first_step(tmp_path, name, *overrides):

@@ -1,0 +1,354 @@
+"""Export a trained checkpoint as Hugging Face directories: the plain LLM (`hf`) or a LLaVA model (`llava`).
+
+LoRA is merged into the base weights first, so neither peft nor mmtune is needed to load the result. Generation
+stops where mmtune's does (the template's end token joins eos_token_id in generation_config.json). Prompts must be
+formatted as in training: `mmtune.json` names the template and system prompt. A tokenizer's own chat template is
+kept only when training used it (template `tokenizer`); next to a built-in template (chatml, vicuna_v1 ...) it
+would format prompts unlike training, so it is removed and apply_chat_template fails instead of drifting.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import peft
+import torch
+from open_clip.transform import MaybeConvertMode, MaybeToTensor
+from open_clip.transformer import QuickGELU
+from torch import nn
+from torchvision import transforms as T
+from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlavaConfig,
+                          LlavaForConditionalGeneration, LlavaProcessor, PreTrainedModel)
+from transformers.image_utils import PILImageResampling
+
+from mmtune.config import RunConfig
+from mmtune.data.templates import stop_token_ids
+from mmtune.errors import ConfigError
+from mmtune.infer.generate import load_checkpoint
+
+IMAGE_TOKEN = "<image>"
+META_FILE = "mmtune.json"
+LLAVA_TEXT_MODELS = ("llama", "mistral", "qwen2")
+"""LLM families (config.model_type) whose causal LM is exactly LLaVA's language_model + lm_head."""
+
+
+def export_hf(ckpt: str | Path, out_dir: str | Path) -> Path:
+    """Write the checkpoint's LLM (LoRA merged) and tokenizer as a directory that AutoModelForCausalLM (or
+    AutoModelForSeq2SeqLM) loads; for a multimodal checkpoint this is its language model alone."""
+    out = _empty_dir(out_dir)
+    model, tokenizer, cfg = load_checkpoint(ckpt)
+    llm = _merged(model.llm)
+    llm.generation_config = _generation_config(llm, tokenizer, cfg)
+    _match_chat_template(tokenizer, cfg)
+    with _staging(out) as tmp:
+        llm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _write_meta(tmp, "hf", ckpt, cfg, tokenizer)
+    return out
+
+
+def export_llava(ckpt: str | Path, out_dir: str | Path) -> Path:
+    """Write a LlavaForConditionalGeneration directory with its LlavaProcessor (tokenizer with an `<image>` token,
+    image processor equivalent to the encoder's transform). Raises ConfigError naming the part (model.llm,
+    model.encoder.*, model.bridge.name) that LLaVA's architecture cannot hold."""
+    out = _empty_dir(out_dir)
+    model, tokenizer, cfg = load_checkpoint(ckpt)
+    _check_llava_parts(cfg, model.llm)
+    image_tokens = model.media_tokens["image"]
+    encoder, bridge, llm = (_merged(part) for part in (model.encoder, model.bridge, model.llm))
+    tower = TOWERS[cfg.model.encoder.name](encoder)
+    strategy = _select_strategy(encoder.tokens, tower.has_cls)
+    image_id = _add_image_token(tokenizer, llm)
+    # The tower holds only the blocks mmtune kept (up to model.encoder.args.layer), so LLaVA reads its last one.
+    config = LlavaConfig(vision_config=tower.model.config, text_config=llm.config, image_token_index=image_id,
+                         image_seq_length=image_tokens, projector_hidden_act="gelu", vision_feature_layer=-1,
+                         vision_feature_select_strategy=strategy)
+    llava = _assemble(config, llm, tower.model, bridge)
+    llava.generation_config = _generation_config(llm, tokenizer, cfg)
+    llava.generation_config.suppress_tokens = [image_id]  # not a token mmtune's model can emit
+    _match_chat_template(tokenizer, cfg)
+    processor = LlavaProcessor(image_processor=tower.image_processor, tokenizer=tokenizer,
+                               patch_size=tower.model.config.patch_size, vision_feature_select_strategy=strategy,
+                               num_additional_image_tokens=int(tower.has_cls), image_token=IMAGE_TOKEN,
+                               chat_template=tokenizer.chat_template)
+    with _staging(out) as tmp:
+        llava.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        _write_meta(tmp, "llava", ckpt, cfg, tokenizer, image_token=IMAGE_TOKEN)
+    return out
+
+
+def _merged(module: nn.Module) -> nn.Module:
+    """The module with LoRA (or another peft adapter) folded into its base weights; others as they are."""
+    return module.merge_and_unload() if isinstance(module, peft.PeftModel) else module
+
+
+def _generation_config(llm: PreTrainedModel, tokenizer, cfg: RunConfig):
+    """The LLM's generation config, stopping at the training template's end of turn as mmtune's generate does."""
+    gen = copy.deepcopy(llm.generation_config)
+    gen.eos_token_id = stop_token_ids(tokenizer, cfg.data.template)
+    gen.pad_token_id = tokenizer.pad_token_id
+    return gen
+
+
+def _match_chat_template(tokenizer, cfg: RunConfig) -> None:
+    if cfg.data.template != "tokenizer":
+        tokenizer.chat_template = None
+
+
+def _write_meta(out: Path, fmt: str, ckpt: str | Path, cfg: RunConfig, tokenizer, **extra) -> None:
+    meta = {"format": fmt, "checkpoint": str(ckpt), "template": cfg.data.template,
+            "system_prompt": cfg.data.system_prompt,
+            "stop_token_ids": stop_token_ids(tokenizer, cfg.data.template), **extra}
+    (out / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def _empty_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out: {out} exists and is not an empty directory; remove it or choose another")
+    return out
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary sibling directory renamed to `out` once everything is written, so a failed export leaves no
+    half-written model behind."""
+    _empty_dir(out)
+    tmp = out.parent / f".tmp-{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+
+
+# ---- LLaVA: which parts fit, and how they are put together ----
+
+def _check_llava_parts(cfg: RunConfig, llm: nn.Module) -> None:
+    if cfg.model.encoder is None:
+        raise ConfigError("model.encoder: the checkpoint has no image encoder; export it with --format hf")
+    if cfg.model.encoder.name not in TOWERS:
+        raise ConfigError(f"model.encoder.name: {cfg.model.encoder.name} has no LLaVA vision tower; exportable "
+                          f"encoders: {', '.join(TOWERS)}")
+    if cfg.model.bridge.name != "mlp2x_gelu":
+        raise ConfigError(f"model.bridge.name: {cfg.model.bridge.name} cannot be exported to LLaVA, whose "
+                          "projector is mlp2x_gelu")
+    model_type = llm.config.model_type
+    if model_type not in LLAVA_TEXT_MODELS:
+        raise ConfigError(f"model.llm: a {model_type} LLM cannot be exported to LLaVA; supported families: "
+                          f"{', '.join(LLAVA_TEXT_MODELS)}")
+
+
+def _select_strategy(tokens: str, has_cls: bool) -> str:
+    """LLaVA's vision_feature_select_strategy giving the encoder's tokens: `default` drops the first (CLS) token."""
+    if tokens == "cls":
+        raise ConfigError("model.encoder.args.tokens: cls (the class token alone) has no LLaVA feature strategy; "
+                          "LLaVA takes patch or all tokens")
+    return "default" if tokens == "patch" and has_cls else "full"
+
+
+def _add_image_token(tokenizer, llm: PreTrainedModel) -> int:
+    """Add `<image>` as a special token, growing the LLM's embeddings if needed. Its row is zero: LLaVA writes
+    image features over it and never reads it as an input embedding."""
+    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if image_id >= llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            llm.get_input_embeddings().weight[image_id] = 0
+    return image_id
+
+
+def _assemble(config: LlavaConfig, llm: PreTrainedModel, tower: PreTrainedModel,
+              bridge: nn.Module) -> LlavaForConditionalGeneration:
+    """Place the trained parts in a LLaVA skeleton built on the meta device (no second copy of the LLM); the LLM's
+    own modules go in as they are, so tied embeddings stay tied."""
+    with torch.device("meta"):
+        llava = LlavaForConditionalGeneration(config)
+    llava.model.language_model = llm.base_model
+    llava.lm_head = llm.get_output_embeddings()
+    llava.model.vision_tower = tower
+    llava.model.multi_modal_projector.load_state_dict(bridge.state_dict(), strict=True, assign=True)
+    return llava.eval()
+
+
+@dataclass
+class Tower:
+    """A Hugging Face vision tower holding the encoder's kept blocks, and the image processor matching its
+    transform."""
+    model: PreTrainedModel
+    has_cls: bool
+    image_processor: object
+
+
+def _load_tower(model: PreTrainedModel, state: dict[str, torch.Tensor], where: str) -> PreTrainedModel:
+    """Load `state` into `model`; only the final norm may be missing (LLaVA reads hidden states before it)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("post_layernorm.")]
+    if missing or unexpected:
+        raise ConfigError(f"{where}: the vision tower does not fit a Hugging Face {type(model).__name__}: "
+                          f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.eval()
+
+
+def _hf_clip_tower(encoder: nn.Module) -> Tower:
+    """hf_clip: the same transformers tower, copied with its kept blocks, and the processor mmtune used."""
+    src = encoder.model
+    model = _load_tower(type(src)(copy.deepcopy(src.config)), src.state_dict(), "model.encoder.args.path")
+    return Tower(model, encoder.has_cls, encoder.transform.processor)
+
+
+def _open_clip_tower(encoder: nn.Module) -> Tower:
+    """clip: open_clip's ViT rewritten as a CLIPVisionModel; its transform as a CLIPImageProcessor."""
+    visual = encoder.visual
+    model = CLIPVisionModel(_clip_vision_config(visual))
+    state = open_clip_to_hf_clip(visual.state_dict())
+    return Tower(_load_tower(model, state, "model.encoder.args.arch"), True, clip_image_processor(encoder.transform))
+
+
+TOWERS: dict[str, Callable[[nn.Module], Tower]] = {"clip": _open_clip_tower, "hf_clip": _hf_clip_tower}
+"""Encoder name (model.encoder.name) -> its LLaVA vision tower."""
+
+
+# ---- open_clip ViT -> transformers CLIPVisionModel ----
+
+_BLOCK = r"transformer\.resblocks\.(\d+)\."
+_LAYER = r"encoder.layers.\1."
+_OPEN_CLIP_TO_HF_CLIP: list[tuple[str, str | tuple[str, str, str]]] = [
+    (r"class_embedding", "embeddings.class_embedding"),
+    (r"conv1\.weight", "embeddings.patch_embedding.weight"),
+    (r"positional_embedding", "embeddings.position_embedding.weight"),
+    (r"ln_pre\.(weight|bias)", r"pre_layrnorm.\1"),
+    (_BLOCK + r"ln_1\.(weight|bias)", _LAYER + r"layer_norm1.\2"),
+    # open_clip keeps q, k and v in one in_proj matrix (nn.MultiheadAttention); transformers has three.
+    (_BLOCK + r"attn\.in_proj_(weight|bias)", tuple(_LAYER + rf"self_attn.{p}_proj.\2" for p in "qkv")),
+    (_BLOCK + r"attn\.out_proj\.(weight|bias)", _LAYER + r"self_attn.out_proj.\2"),
+    (_BLOCK + r"ln_2\.(weight|bias)", _LAYER + r"layer_norm2.\2"),
+    (_BLOCK + r"mlp\.c_fc\.(weight|bias)", _LAYER + r"mlp.fc1.\2"),
+    (_BLOCK + r"mlp\.c_proj\.(weight|bias)", _LAYER + r"mlp.fc2.\2"),
+]
+
+
+def open_clip_to_hf_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """open_clip VisionTransformer weights -> transformers CLIPVisionModel names.
+
+    Only the parts LLaVA reads are mapped (embeddings, pre-norm, blocks); a weight with no counterpart (LayerScale,
+    q/k norms, a separate q/k/v layout) raises ConfigError, as the converted tower would compute something else.
+    """
+    out = {}
+    for key, value in state.items():
+        rule = next(((re.fullmatch(src, key), dst) for src, dst in _OPEN_CLIP_TO_HF_CLIP
+                     if re.fullmatch(src, key)), None)
+        if rule is None:
+            raise ConfigError(f"model.encoder.args.arch: open_clip weight visual.{key} has no counterpart in a "
+                              "Hugging Face CLIPVisionModel, so this tower cannot be exported")
+        match, dst = rule
+        if isinstance(dst, tuple):
+            out.update(zip((match.expand(d) for d in dst), value.chunk(3)))
+        else:
+            out[match.expand(dst)] = value
+    return out
+
+
+_ACTIVATIONS: dict[tuple[type, str | None], str] = {
+    (nn.GELU, "none"): "gelu",
+    (nn.GELU, "tanh"): "gelu_pytorch_tanh",
+    (QuickGELU, None): "quick_gelu",  # OpenAI's CLIP weights: x * sigmoid(1.702 x)
+}
+
+
+def _clip_vision_config(visual: nn.Module) -> CLIPVisionConfig:
+    """The CLIPVisionConfig of an open_clip ViT whose pruned blocks are all kept."""
+    blocks = visual.transformer.resblocks
+    acts = {(type(b.mlp.gelu), getattr(b.mlp.gelu, "approximate", None)) for b in blocks}
+    eps = {m.eps for m in visual.modules() if isinstance(m, nn.LayerNorm)}
+    if len(acts) != 1 or next(iter(acts)) not in _ACTIVATIONS:
+        raise ConfigError(f"model.encoder.args.arch: the tower's MLP activation {sorted(str(a) for a in acts)} has "
+                          f"no transformers equivalent; known: {[t.__name__ for t, _ in _ACTIVATIONS]}")
+    if len(eps) != 1:
+        raise ConfigError(f"model.encoder.args.arch: the tower's layer norms use several eps values {sorted(eps)}; "
+                          "a CLIPVisionModel has one")
+    if len(set(visual.image_size)) != 1 or len(set(visual.patch_size)) != 1:
+        raise ConfigError(f"model.encoder.args.arch: non-square images or patches ({visual.image_size}, "
+                          f"{visual.patch_size}) do not fit a CLIPVisionModel")
+    return CLIPVisionConfig(hidden_size=visual.transformer.width, intermediate_size=blocks[0].mlp.c_fc.out_features,
+                            num_hidden_layers=len(blocks), num_attention_heads=blocks[0].attn.num_heads,
+                            image_size=visual.image_size[0], patch_size=visual.patch_size[0],
+                            hidden_act=_ACTIVATIONS[next(iter(acts))], layer_norm_eps=next(iter(eps)))
+
+
+# ---- open_clip transform -> CLIPImageProcessor ----
+
+def _resize(step: T.Resize) -> dict:
+    if step.max_size is not None or step.interpolation.name not in PILImageResampling.__members__:
+        raise ConfigError(f"model.encoder: the image transform's {step} has no CLIPImageProcessor equivalent")
+    size = [step.size] if isinstance(step.size, int) else list(step.size)
+    # torchvision: one number resizes the shortest edge (aspect kept), two give (height, width)
+    hf_size = {"shortest_edge": size[0]} if len(size) == 1 else {"height": size[0], "width": size[1]}
+    return {"do_resize": True, "size": hf_size, "resample": PILImageResampling[step.interpolation.name]}
+
+
+def _center_crop(step: T.CenterCrop) -> dict:
+    return {"do_center_crop": True, "crop_size": {"height": step.size[0], "width": step.size[1]}}
+
+
+def _normalize(step: T.Normalize) -> dict:
+    return {"do_normalize": True, "image_mean": list(step.mean), "image_std": list(step.std)}
+
+
+def _no_op(step) -> dict:
+    return {}  # RGB conversion and to-tensor scaling (1/255): the processor always does both
+
+
+_TRANSFORM_STEPS: dict[type, Callable[[object], dict]] = {
+    T.Resize: _resize, T.CenterCrop: _center_crop, T.Normalize: _normalize,
+    MaybeConvertMode: _no_op, MaybeToTensor: _no_op, T.ToTensor: _no_op,
+}
+
+
+def clip_image_processor(transform: T.Compose) -> CLIPImageProcessor:
+    """A CLIPImageProcessor doing what open_clip's validation transform does (resize, crop, rescale, normalise).
+
+    Loaded with `backend="pil"` it gives the same pixel values; the default torchvision backend resizes tensors
+    with its own antialiasing, so on images that need resizing it differs by up to about one grey level.
+    """
+    kwargs = {"do_resize": False, "do_center_crop": False, "do_normalize": False, "do_rescale": True,
+              "rescale_factor": 1 / 255, "do_convert_rgb": True}
+    for step in transform.transforms:
+        if type(step) not in _TRANSFORM_STEPS:
+            raise ConfigError(f"model.encoder: the image transform step {step} has no CLIPImageProcessor equivalent")
+        kwargs.update(_TRANSFORM_STEPS[type(step)](step))
+    return CLIPImageProcessor(**kwargs)
+
+
+# ---- command line: `mmtune export` ----
+
+FORMATS: dict[str, Callable[[str | Path, str | Path], Path]] = {"hf": export_hf, "llava": export_llava}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, help="checkpoint directory or run directory (newest checkpoint)")
+    parser.add_argument("--out", required=True, help="directory to create (must not exist or be empty)")
+    parser.add_argument("--format", choices=list(FORMATS), default="hf",
+                        help="hf: the LLM alone, LoRA merged (AutoModelForCausalLM); llava: "
+                             "LlavaForConditionalGeneration + processor (CLIP tower, mlp2x_gelu, Llama-like LLM)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = FORMATS[args.format](args.ckpt, args.out)
+    print(f"exported {args.format}: {out} (prompt format: {out / META_FILE})")
+    return 0

@@ -1,4 +1,4 @@
-"""`mmtune train | build-data | chat | demo`. Heavy libraries are imported inside each command, so `--help` and
+"""`mmtune train | build-data | chat | export | demo`. Heavy libraries are imported inside each command, so `--help` and
 config errors come back at once. User errors print one line and exit 2, without a traceback."""
 from __future__ import annotations
 
@@ -66,6 +66,12 @@ def _build_data(args) -> int:
     return run(args)
 
 
+def _export(args) -> int:
+    from mmtune.infer.export import run
+
+    return run(args)
+
+
 def _demo(args) -> int:
     from mmtune.demo import main
 
@@ -92,6 +98,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--image", action="append", help="image file for the first turn (repeatable)")
     c.add_argument("--max-new-tokens", type=int, default=128)
     c.set_defaults(func=_chat)
+    e = sub.add_parser("export", help="export a checkpoint as a Hugging Face model (hf) or LLaVA (llava) directory")
+    from mmtune.infer.export import add_arguments as export_arguments
+
+    export_arguments(e)
+    e.set_defaults(func=_export)
     d = sub.add_parser("demo", help="the built-in vision-language demo: synthetic shapes, train, held-out accuracy")
     from mmtune.demo import add_arguments as demo_arguments
 

@@ -5,11 +5,14 @@ stops where mmtune's does (the template's end token joins eos_token_id in genera
 formatted as in training: `mmtune.json` names the template and system prompt. A tokenizer's own chat template is
 kept only when training used it (template `tokenizer`); next to a built-in template (chatml, vicuna_v1 ...) it
 would format prompts unlike training, so it is removed and apply_chat_template fails instead of drifting.
+The command line builds its parser from this module, so torch, transformers, peft and open_clip are imported in
+the functions that use them, and `mmtune --help` stays instant.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import re
@@ -17,22 +20,19 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
-
-import peft
-import torch
-from open_clip.transform import MaybeConvertMode, MaybeToTensor
-from open_clip.transformer import QuickGELU
-from torch import nn
-from torchvision import transforms as T
-from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlavaConfig,
-                          LlavaForConditionalGeneration, LlavaProcessor, PreTrainedModel)
-from transformers.image_utils import PILImageResampling
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from mmtune.config import RunConfig
 from mmtune.data.templates import stop_token_ids
 from mmtune.errors import ConfigError
-from mmtune.infer.generate import load_checkpoint
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torchvision import transforms as T
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration,
+                              PreTrainedModel)
+    from transformers.image_processing_utils import BaseImageProcessor
 
 IMAGE_TOKEN = "<image>"
 META_FILE = "mmtune.json"
@@ -43,6 +43,8 @@ LLAVA_TEXT_MODELS = ("llama", "mistral", "qwen2")
 def export_hf(ckpt: str | Path, out_dir: str | Path) -> Path:
     """Write the checkpoint's LLM (LoRA merged) and tokenizer as a directory that AutoModelForCausalLM (or
     AutoModelForSeq2SeqLM) loads; for a multimodal checkpoint this is its language model alone."""
+    from mmtune.infer.generate import load_checkpoint
+
     out = _empty_dir(out_dir)
     model, tokenizer, cfg = load_checkpoint(ckpt)
     llm = _merged(model.llm)
@@ -59,6 +61,10 @@ def export_llava(ckpt: str | Path, out_dir: str | Path) -> Path:
     """Write a LlavaForConditionalGeneration directory with its LlavaProcessor (tokenizer with an `<image>` token,
     image processor equivalent to the encoder's transform). Raises ConfigError naming the part (model.llm,
     model.encoder.*, model.bridge.name) that LLaVA's architecture cannot hold."""
+    from transformers import LlavaConfig, LlavaProcessor
+
+    from mmtune.infer.generate import load_checkpoint
+
     out = _empty_dir(out_dir)
     model, tokenizer, cfg = load_checkpoint(ckpt)
     _check_llava_parts(cfg, model.llm)
@@ -82,12 +88,14 @@ def export_llava(ckpt: str | Path, out_dir: str | Path) -> Path:
     with _staging(out) as tmp:
         llava.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        _write_meta(tmp, "llava", ckpt, cfg, tokenizer, image_token=IMAGE_TOKEN)
+        _write_meta(tmp, "llava", ckpt, cfg, tokenizer, image_token=IMAGE_TOKEN, image_processor_backend=tower.backend)
     return out
 
 
 def _merged(module: nn.Module) -> nn.Module:
     """The module with LoRA (or another peft adapter) folded into its base weights; others as they are."""
+    import peft
+
     return module.merge_and_unload() if isinstance(module, peft.PeftModel) else module
 
 
@@ -164,6 +172,8 @@ def _select_strategy(tokens: str, has_cls: bool) -> str:
 def _add_image_token(tokenizer, llm: PreTrainedModel) -> int:
     """Add `<image>` as a special token, growing the LLM's embeddings if needed. Its row is zero: LLaVA writes
     image features over it and never reads it as an input embedding."""
+    import torch
+
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if image_id >= llm.get_input_embeddings().num_embeddings:
@@ -177,6 +187,9 @@ def _assemble(config: LlavaConfig, llm: PreTrainedModel, tower: PreTrainedModel,
               bridge: nn.Module) -> LlavaForConditionalGeneration:
     """Place the trained parts in a LLaVA skeleton built on the meta device (no second copy of the LLM); the LLM's
     own modules go in as they are, so tied embeddings stay tied."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
     with torch.device("meta"):
         llava = LlavaForConditionalGeneration(config)
     llava.model.language_model = llm.base_model
@@ -192,7 +205,9 @@ class Tower:
     transform."""
     model: PreTrainedModel
     has_cls: bool
-    image_processor: object
+    image_processor: BaseImageProcessor
+    backend: str
+    """The image processor backend (AutoProcessor.from_pretrained(..., backend=...)) that gives mmtune's pixels."""
 
 
 def _load_tower(model: PreTrainedModel, state: dict[str, torch.Tensor], where: str) -> PreTrainedModel:
@@ -207,17 +222,23 @@ def _load_tower(model: PreTrainedModel, state: dict[str, torch.Tensor], where: s
 
 def _hf_clip_tower(encoder: nn.Module) -> Tower:
     """hf_clip: the same transformers tower, copied with its kept blocks, and the processor mmtune used."""
+    from transformers.image_processing_backends import PilBackend
+
     src = encoder.model
     model = _load_tower(type(src)(copy.deepcopy(src.config)), src.state_dict(), "model.encoder.args.path")
-    return Tower(model, encoder.has_cls, encoder.transform.processor)
+    processor = encoder.transform.processor
+    return Tower(model, encoder.has_cls, processor, "pil" if isinstance(processor, PilBackend) else "torchvision")
 
 
 def _open_clip_tower(encoder: nn.Module) -> Tower:
     """clip: open_clip's ViT rewritten as a CLIPVisionModel; its transform as a CLIPImageProcessor."""
+    from transformers import CLIPVisionModel
+
     visual = encoder.visual
     model = CLIPVisionModel(_clip_vision_config(visual))
     state = open_clip_to_hf_clip(visual.state_dict())
-    return Tower(_load_tower(model, state, "model.encoder.args.arch"), True, clip_image_processor(encoder.transform))
+    return Tower(_load_tower(model, state, "model.encoder.args.arch"), True, _clip_image_processor(encoder.transform),
+                 "pil")  # open_clip resizes PIL images
 
 
 TOWERS: dict[str, Callable[[nn.Module], Tower]] = {"clip": _open_clip_tower, "hf_clip": _hf_clip_tower}
@@ -228,7 +249,7 @@ TOWERS: dict[str, Callable[[nn.Module], Tower]] = {"clip": _open_clip_tower, "hf
 
 _BLOCK = r"transformer\.resblocks\.(\d+)\."
 _LAYER = r"encoder.layers.\1."
-_OPEN_CLIP_TO_HF_CLIP: list[tuple[str, str | tuple[str, str, str]]] = [
+_OPEN_CLIP_TO_HF_CLIP: list[tuple[str, str | tuple[str, str, str] | None]] = [
     (r"class_embedding", "embeddings.class_embedding"),
     (r"conv1\.weight", "embeddings.patch_embedding.weight"),
     (r"positional_embedding", "embeddings.position_embedding.weight"),
@@ -240,45 +261,56 @@ _OPEN_CLIP_TO_HF_CLIP: list[tuple[str, str | tuple[str, str, str]]] = [
     (_BLOCK + r"ln_2\.(weight|bias)", _LAYER + r"layer_norm2.\2"),
     (_BLOCK + r"mlp\.c_fc\.(weight|bias)", _LAYER + r"mlp.fc1.\2"),
     (_BLOCK + r"mlp\.c_proj\.(weight|bias)", _LAYER + r"mlp.fc2.\2"),
+    (r"attn_pool(_contrastive)?\..+", None),  # CoCa's pooling head: pruning keeps it, the encoder never runs it
 ]
 
 
 def open_clip_to_hf_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """open_clip VisionTransformer weights -> transformers CLIPVisionModel names.
+    """open_clip VisionTransformer weights (after mmtune's pruning) -> transformers CLIPVisionModel names.
 
-    Only the parts LLaVA reads are mapped (embeddings, pre-norm, blocks); a weight with no counterpart (LayerScale,
-    q/k norms, a separate q/k/v layout) raises ConfigError, as the converted tower would compute something else.
+    The embeddings, the pre-norm and the kept blocks are mapped; a weight with no counterpart (LayerScale, q/k norms,
+    separate q/k/v matrices) raises ConfigError, as the converted tower would compute something else.
     """
     out = {}
     for key, value in state.items():
-        rule = next(((re.fullmatch(src, key), dst) for src, dst in _OPEN_CLIP_TO_HF_CLIP
-                     if re.fullmatch(src, key)), None)
-        if rule is None:
+        for src, dst in _OPEN_CLIP_TO_HF_CLIP:
+            match = re.fullmatch(src, key)
+            if match:
+                break
+        else:
             raise ConfigError(f"model.encoder.args.arch: open_clip weight visual.{key} has no counterpart in a "
                               "Hugging Face CLIPVisionModel, so this tower cannot be exported")
-        match, dst = rule
         if isinstance(dst, tuple):
             out.update(zip((match.expand(d) for d in dst), value.chunk(3)))
-        else:
+        elif dst is not None:
             out[match.expand(dst)] = value
     return out
 
 
-_ACTIVATIONS: dict[tuple[type, str | None], str] = {
-    (nn.GELU, "none"): "gelu",
-    (nn.GELU, "tanh"): "gelu_pytorch_tanh",
-    (QuickGELU, None): "quick_gelu",  # OpenAI's CLIP weights: x * sigmoid(1.702 x)
-}
+@functools.cache
+def _activations() -> dict[tuple[type, str | None], str]:
+    """(activation module type, its `approximate`) in open_clip -> transformers' hidden_act."""
+    from open_clip.transformer import QuickGELU
+    from torch import nn
+
+    return {
+        (nn.GELU, "none"): "gelu",
+        (nn.GELU, "tanh"): "gelu_pytorch_tanh",
+        (QuickGELU, None): "quick_gelu",  # OpenAI's CLIP weights: x * sigmoid(1.702 x)
+    }
 
 
 def _clip_vision_config(visual: nn.Module) -> CLIPVisionConfig:
     """The CLIPVisionConfig of an open_clip ViT whose pruned blocks are all kept."""
+    from torch import nn
+    from transformers import CLIPVisionConfig
+
     blocks = visual.transformer.resblocks
     acts = {(type(b.mlp.gelu), getattr(b.mlp.gelu, "approximate", None)) for b in blocks}
     eps = {m.eps for m in visual.modules() if isinstance(m, nn.LayerNorm)}
-    if len(acts) != 1 or next(iter(acts)) not in _ACTIVATIONS:
-        raise ConfigError(f"model.encoder.args.arch: the tower's MLP activation {sorted(str(a) for a in acts)} has "
-                          f"no transformers equivalent; known: {[t.__name__ for t, _ in _ACTIVATIONS]}")
+    if len(acts) != 1 or next(iter(acts)) not in _activations():
+        raise ConfigError(f"model.encoder.args.arch: the tower's MLP activation {sorted(map(str, acts))} has no "
+                          f"transformers equivalent; exportable: {', '.join(_activations().values())}")
     if len(eps) != 1:
         raise ConfigError(f"model.encoder.args.arch: the tower's layer norms use several eps values {sorted(eps)}; "
                           "a CLIPVisionModel has one")
@@ -288,12 +320,14 @@ def _clip_vision_config(visual: nn.Module) -> CLIPVisionConfig:
     return CLIPVisionConfig(hidden_size=visual.transformer.width, intermediate_size=blocks[0].mlp.c_fc.out_features,
                             num_hidden_layers=len(blocks), num_attention_heads=blocks[0].attn.num_heads,
                             image_size=visual.image_size[0], patch_size=visual.patch_size[0],
-                            hidden_act=_ACTIVATIONS[next(iter(acts))], layer_norm_eps=next(iter(eps)))
+                            hidden_act=_activations()[next(iter(acts))], layer_norm_eps=next(iter(eps)))
 
 
 # ---- open_clip transform -> CLIPImageProcessor ----
 
 def _resize(step: T.Resize) -> dict:
+    from transformers.image_utils import PILImageResampling
+
     if step.max_size is not None or step.interpolation.name not in PILImageResampling.__members__:
         raise ConfigError(f"model.encoder: the image transform's {step} has no CLIPImageProcessor equivalent")
     size = [step.size] if isinstance(step.size, int) else list(step.size)
@@ -314,24 +348,30 @@ def _no_op(step) -> dict:
     return {}  # RGB conversion and to-tensor scaling (1/255): the processor always does both
 
 
-_TRANSFORM_STEPS: dict[type, Callable[[object], dict]] = {
-    T.Resize: _resize, T.CenterCrop: _center_crop, T.Normalize: _normalize,
-    MaybeConvertMode: _no_op, MaybeToTensor: _no_op, T.ToTensor: _no_op,
-}
+@functools.cache
+def _transform_steps() -> dict[type, Callable[[object], dict]]:
+    """open_clip / torchvision transform step type -> its CLIPImageProcessor arguments."""
+    from open_clip.transform import MaybeConvertMode, MaybeToTensor
+    from torchvision import transforms as T
+
+    return {T.Resize: _resize, T.CenterCrop: _center_crop, T.Normalize: _normalize,
+            MaybeConvertMode: _no_op, MaybeToTensor: _no_op, T.ToTensor: _no_op}
 
 
-def clip_image_processor(transform: T.Compose) -> CLIPImageProcessor:
+def _clip_image_processor(transform: T.Compose) -> CLIPImageProcessor:
     """A CLIPImageProcessor doing what open_clip's validation transform does (resize, crop, rescale, normalise).
 
     Loaded with `backend="pil"` it gives the same pixel values; the default torchvision backend resizes tensors
     with its own antialiasing, so on images that need resizing it differs by up to about one grey level.
     """
+    from transformers import CLIPImageProcessor
+
     kwargs = {"do_resize": False, "do_center_crop": False, "do_normalize": False, "do_rescale": True,
               "rescale_factor": 1 / 255, "do_convert_rgb": True}
     for step in transform.transforms:
-        if type(step) not in _TRANSFORM_STEPS:
+        if type(step) not in _transform_steps():
             raise ConfigError(f"model.encoder: the image transform step {step} has no CLIPImageProcessor equivalent")
-        kwargs.update(_TRANSFORM_STEPS[type(step)](step))
+        kwargs.update(_transform_steps()[type(step)](step))
     return CLIPImageProcessor(**kwargs)
 
 

@@ -94,7 +94,7 @@ def test_gradients_reach_the_bridge_and_encoder():
 def test_image_count_mismatch_is_an_error():
     model, tok = _model("tiny:llama")
     batch = _batch(model, tok, packed=False)
-    with pytest.raises(DataError, match=r"6 images x"):
+    with pytest.raises(DataError, match=r"96 image positions but 5 images x 16 tokens"):
         model.embed(batch["input_ids"], batch["pixel_values"][:5])
     with pytest.raises(DataError, match="no media"):
         model.embed(batch["input_ids"], None)

@@ -1,0 +1,253 @@
+"""export_hf / export_llava: the exported directories load with transformers alone and compute what mmtune computes."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoProcessor, AutoTokenizer, CLIPImageProcessor,
+                          CLIPVisionConfig, CLIPVisionModel, LlavaForConditionalGeneration, LlavaProcessor,
+                          SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel)
+
+from mmtune.config import RunConfig, load_config
+from mmtune.data.sample import Message
+from mmtune.data.templates import MEDIA_TOKEN_IDS, render_prompt
+from mmtune.encoders.clip import MODEL_CONFIGS
+from mmtune.errors import ConfigError
+from mmtune.infer.export import META_FILE, add_arguments, export_hf, export_llava, open_clip_to_hf_clip, run
+from mmtune.infer.generate import generate
+from mmtune.models.build import build_model, weights_to_save
+from mmtune.models.multimodal_lm import MultimodalLM
+from mmtune.train import checkpoint
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "images" / "example.jpg"
+QUESTION = "What is in the image?"
+ENCODER = "model.encoder={name: clip, args: {arch: mmtune-vit-tiny}}"
+MLP = "model.bridge={name: mlp2x_gelu}"
+
+
+@dataclass
+class Saved:
+    """A checkpoint and the mmtune model it holds, still in memory (LoRA unmerged): the reference outputs."""
+    ckpt: Path
+    model: MultimodalLM
+    tokenizer: object
+    cfg: RunConfig
+
+
+def save_checkpoint(run_dir: Path, *overrides: str) -> Saved:
+    """A checkpoint of a tiny model whose saved weights (LoRA's B included, which starts at zero) are perturbed, so
+    each part, and the LoRA merge, changes the outputs. Frozen pretrained parts are not saved, so not perturbed."""
+    cfg = load_config(None, ["model.llm=tiny:llama", f"train.out_dir={run_dir}", *overrides])
+    model, tokenizer = build_model(cfg)
+    gen = torch.Generator().manual_seed(0)
+    saved = weights_to_save(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in saved:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt = checkpoint.save(run_dir, 1, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), {}, cfg,
+                           keep_last=1)
+    return Saved(ckpt, model.eval(), tokenizer, cfg)
+
+
+@pytest.fixture(scope="module")
+def quickgelu_arch(tmp_path_factory) -> str:
+    """mmtune-vit-tiny with OpenAI's QuickGELU activation, registered with open_clip under a new name."""
+    spec = json.loads((MODEL_CONFIGS / "mmtune-vit-tiny.json").read_text()) | {"quick_gelu": True}
+    folder = tmp_path_factory.mktemp("open_clip_configs")
+    (folder / "mmtune-test-vit-quickgelu.json").write_text(json.dumps(spec))
+    open_clip.add_model_config(folder)
+    return "mmtune-test-vit-quickgelu"
+
+
+@dataclass
+class LlavaCase:
+    saved: Saved
+    out: Path
+    llava: LlavaForConditionalGeneration
+    processor: LlavaProcessor
+    """Loaded with backend="pil", whose resizing is open_clip's (PIL's) own."""
+
+
+@pytest.fixture(scope="module", params=[
+    ("lora", "mmtune-vit-tiny", -2, "patch"),  # LLaVA-1.5's choice: penultimate layer, CLS dropped
+    ("full", "mmtune-test-vit-quickgelu", -1, "all"),
+], ids=["lora-gelu-patch", "full-quickgelu-all"])
+def llava_case(request, tmp_path_factory, quickgelu_arch) -> LlavaCase:
+    tuning, arch, layer, tokens = request.param
+    run_dir = tmp_path_factory.mktemp("vlm")
+    saved = save_checkpoint(run_dir, "model.encoder={name: clip, args: {arch: %s, layer: %d, tokens: %s}}"
+                            % (arch, layer, tokens), MLP, f"tuning.llm={tuning}")
+    out = export_llava(saved.ckpt, run_dir / "llava")
+    return LlavaCase(saved, out, LlavaForConditionalGeneration.from_pretrained(out).eval(),
+                     AutoProcessor.from_pretrained(out, backend="pil"))
+
+
+def test_llava_gives_mmtune_greedy_answer_and_logits(llava_case):
+    c, m = llava_case, llava_case.saved
+    image = Image.open(EXAMPLE).convert("RGB")
+    messages = [Message("user", f"<image>\n{QUESTION}")]
+    ids = render_prompt(messages, m.tokenizer, m.cfg.data.template, media_tokens=m.model.media_tokens)
+    inputs = c.processor(text=f"<|im_start|>user\n<image>\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n",
+                       images=image, return_tensors="pt")
+    image_id = c.llava.config.image_token_id
+    assert inputs["input_ids"][0].tolist() == [image_id if i == MEDIA_TOKEN_IDS["image"] else i for i in ids]
+    with torch.no_grad():
+        pixels = m.model.encoder.transform(image)[None]
+        expected = m.model.llm(inputs_embeds=m.model.embed(torch.tensor([ids]), pixels)).logits
+        logits = c.llava(**inputs).logits
+    assert logits.shape[-1] == expected.shape[-1] + 1  # the added <image> token
+    torch.testing.assert_close(logits[..., :-1], expected, rtol=0, atol=1e-4)
+    answer = generate(m.model, m.tokenizer, m.cfg, [messages], [[image]], max_new_tokens=12)[0]
+    new = c.llava.generate(**inputs, max_new_tokens=12, do_sample=False)[0, len(ids):]
+    assert len(set(new.tolist())) > 3  # a varied answer, not one token repeated
+    assert c.processor.tokenizer.decode(new, skip_special_tokens=True).strip() == answer
+    with torch.no_grad():  # each generated id is mmtune's greedy choice after the ones before it
+        forced = m.model.llm(inputs_embeds=m.model.embed(torch.tensor([ids + new.tolist()]), pixels)).logits
+    assert forced[0, len(ids) - 1:-1].argmax(-1).tolist() == new.tolist()
+
+
+def test_llava_tower_gives_mmtune_encoder_features(llava_case):
+    c = llava_case
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        hidden = c.llava.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
+        if c.llava.config.vision_feature_select_strategy == "default":
+            hidden = hidden[:, 1:]
+        torch.testing.assert_close(hidden, c.saved.model.encoder(pixels), rtol=0, atol=1e-5)
+
+
+def test_llava_image_processor_gives_mmtune_pixels(llava_case):
+    c, encoder = llava_case, llava_case.saved.model.encoder
+    image = Image.open(EXAMPLE).convert("RGB")
+    exact = c.processor.image_processor
+    torch.testing.assert_close(exact(images=image, return_tensors="pt")["pixel_values"][0], encoder.transform(image),
+                               rtol=0, atol=1e-5)
+    # The default (torchvision) backend resizes with its own antialiasing; with nothing to resize it agrees too.
+    small = image.resize((encoder.image_size, encoder.image_size))
+    default = AutoImageProcessor.from_pretrained(c.out)
+    torch.testing.assert_close(default(images=small, return_tensors="pt")["pixel_values"][0], encoder.transform(small),
+                               rtol=0, atol=1e-5)
+
+
+def test_llava_export_records_the_prompt_format(llava_case):
+    c = llava_case
+    meta = json.loads((c.out / META_FILE).read_text())
+    tokenizer = c.processor.tokenizer
+    assert meta == {"format": "llava", "checkpoint": str(c.saved.ckpt), "template": "chatml", "system_prompt": None,
+                    "stop_token_ids": [tokenizer.convert_tokens_to_ids("<|im_end|>")], "image_token": "<image>",
+                    "image_processor_backend": "pil"}
+    assert tokenizer.chat_template is None  # SmolLM2's own template is not what training used
+    assert c.llava.generation_config.suppress_tokens == [c.llava.config.image_token_id]
+    assert not list(c.out.parent.glob(".tmp-*"))
+
+
+def _save_hf_tower(path: Path, kind: str) -> str:
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    if kind == "siglip":
+        SiglipVisionModel(SiglipVisionConfig(**vision)).save_pretrained(path)
+        SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    else:
+        CLIPVisionModel(CLIPVisionConfig(**vision)).save_pretrained(path)
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, llm, tokens, strategy", [
+    ("clip", "tiny:llama", "all", "full"),
+    ("siglip", "tiny:qwen2", "patch", "full"),  # SigLIP has no class token to drop
+])
+def test_hf_clip_tower_is_copied(tmp_path, kind, llm, tokens, strategy):
+    tower = _save_hf_tower(tmp_path / kind, kind)
+    saved = save_checkpoint(tmp_path / "run", f"model.llm={llm}", MLP,
+                            "model.encoder={name: hf_clip, args: {path: %s, layer: -2, tokens: %s}}" % (tower, tokens))
+    out = export_llava(saved.ckpt, tmp_path / "llava")
+    llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    image = Image.open(EXAMPLE).convert("RGB")
+    pixels = AutoImageProcessor.from_pretrained(out)(images=image, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixels[0], saved.model.encoder.transform(image), rtol=0, atol=1e-5)
+    assert json.loads((out / META_FILE).read_text())["image_processor_backend"] == "torchvision"  # the default
+    assert llava.config.vision_feature_select_strategy == strategy
+    with torch.no_grad():
+        features = llava.get_image_features(pixel_values=pixels, vision_feature_layer=-1,
+                                            vision_feature_select_strategy=strategy).pooler_output[0]
+        torch.testing.assert_close(features, saved.model.media_features(pixels)[0], rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def text_checkpoints(tmp_path_factory) -> dict[str, Saved]:
+    root = tmp_path_factory.mktemp("text")
+    return {"lora": save_checkpoint(root / "lora", "tuning.llm=lora"),
+            "tokenizer": save_checkpoint(root / "tokenizer", "data.template=tokenizer")}
+
+
+def test_text_checkpoint_is_not_a_llava(tmp_path, text_checkpoints):
+    with pytest.raises(ConfigError, match=r"model\.encoder: the checkpoint has no image encoder; export it with "
+                                          r"--format hf"):
+        export_llava(text_checkpoints["lora"].ckpt, tmp_path / "llava")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([ENCODER, "model.bridge={name: linear}"], r"model\.bridge\.name: linear cannot be exported to LLaVA"),
+    ([ENCODER, MLP, "model.llm=tiny:gpt_neox"],
+     r"model\.llm: a gpt_neox LLM cannot be exported to LLaVA; supported families: llama, mistral, qwen2"),
+    (["model.encoder={name: clip, args: {arch: mmtune-vit-tiny, tokens: cls}}", MLP],
+     r"model\.encoder\.args\.tokens: cls .* has no LLaVA feature strategy"),
+], ids=["linear-bridge", "gpt_neox", "cls-token"])
+def test_parts_llava_cannot_hold_are_named(tmp_path, overrides, message):
+    saved = save_checkpoint(tmp_path, *overrides)
+    with pytest.raises(ConfigError, match=message):
+        export_llava(saved.ckpt, tmp_path / "llava")
+    assert not (tmp_path / "llava").exists()
+
+
+@pytest.mark.parametrize("key", ["transformer.resblocks.0.ls_1.gamma", "transformer.resblocks.0.mlp.ln.weight"])
+def test_open_clip_weights_without_a_clip_counterpart_are_refused(key):
+    with pytest.raises(ConfigError, match=rf"open_clip weight visual\.{key} has no counterpart"):
+        open_clip_to_hf_clip({"class_embedding": torch.zeros(4), key: torch.zeros(4)})
+
+
+def test_open_clip_attention_is_split_into_q_k_v_and_the_pooling_head_dropped():
+    weight, bias = torch.randn(12, 4), torch.randn(12)
+    out = open_clip_to_hf_clip({"transformer.resblocks.1.attn.in_proj_weight": weight,
+                                "transformer.resblocks.1.attn.in_proj_bias": bias, "attn_pool.query": bias})
+    assert sorted(out) == [f"encoder.layers.1.self_attn.{p}_proj.{t}" for p in "kqv" for t in ("bias", "weight")]
+    torch.testing.assert_close(out["encoder.layers.1.self_attn.k_proj.weight"], weight[4:8])
+    torch.testing.assert_close(out["encoder.layers.1.self_attn.v_proj.bias"], bias[8:])
+
+
+@pytest.mark.parametrize("case", ["lora", "tokenizer"])
+def test_hf_export_gives_mmtune_logits(tmp_path, text_checkpoints, case):
+    saved = text_checkpoints[case]
+    out = export_hf(saved.ckpt, tmp_path / "hf")
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.tensor([saved.tokenizer.encode("alpha beta gamma delta")])
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids).logits, saved.model.llm(ids).logits, rtol=0, atol=1e-4)
+    assert not any("lora" in name for name, _ in exported.named_parameters())
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    # The tokenizer's chat template stays only when training used it; the stop ids are the template's.
+    kept = saved.tokenizer.chat_template if case == "tokenizer" else None
+    assert tokenizer.chat_template == kept
+    assert exported.generation_config.eos_token_id == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert json.loads((out / META_FILE).read_text())["template"] == saved.cfg.data.template
+
+
+def test_cli_exports_and_refuses_a_non_empty_out(tmp_path, text_checkpoints, capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--ckpt", str(text_checkpoints["lora"].ckpt), "--out", str(tmp_path / "hf")])
+    assert args.format == "hf"
+    assert run(args) == 0
+    assert "exported hf" in capsys.readouterr().out
+    assert (tmp_path / "hf" / "config.json").is_file()
+    with pytest.raises(ConfigError, match=rf"--out: {tmp_path / 'hf'} exists and is not an empty directory"):
+        run(args)

@@ -28,6 +28,23 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def slow_cpu_bf16() -> float:
+    """How many times slower a bf16 matmul is than fp32 here (0 on GPU). Some CPU/torch builds lack bf16 GEMM
+    kernels (measured: torch 2.14.1+cu130 on an AVX-512 CPU runs bf16 ~25x slower), so autocast would hurt."""
+    if device().type != "cpu":
+        return 0.0
+
+    def timed(dtype):
+        a = torch.randn(256, 256, dtype=dtype)
+        a @ a
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ a
+        return time.perf_counter() - start
+
+    return timed(torch.bfloat16) / timed(torch.float32)
+
+
 def autocast(cfg: RunConfig):
     if cfg.train.precision == "bf16":
         return torch.autocast(device().type, dtype=torch.bfloat16)
@@ -119,6 +136,9 @@ def train(cfg: RunConfig, resume: str | bool = False, callbacks: list | None = N
     log.say(f"mmtune: {cfg.model.llm} | trainable {trainable:,} / {total:,} params | "
             + (f"resumed from {ckpt}" if ckpt else f"run dir {run_dir}"))
 
+    if t.precision == "bf16" and (ratio := slow_cpu_bf16()) > 1.5:
+        log.say(f"warning: bf16 matmul is {ratio:.0f}x slower than fp32 on this CPU and torch build; "
+                "train.precision=fp32 will be faster here")
     encoder = sample_encoder(cfg, model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches, batcher = make_batches(cfg, train_shards, encoder, pad_id, DataState(**state["data"]), train=True)

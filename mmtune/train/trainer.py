@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -104,116 +104,162 @@ def sample_generations(model, tokenizer, cfg: RunConfig, log: RunLog, step: int)
     return [{"prompt": p, "answer": a} for p, a in zip(cfg.train.sample_prompts, answers)]
 
 
-def train(cfg: RunConfig, resume: str | bool = False, callbacks: list | None = None) -> dict:
-    """Train `cfg`; `resume` is False, True/"latest" (newest checkpoint in out_dir, if any) or a checkpoint path.
-    `callbacks` are called as cb(event, **info) at "eval" and "end" (the demo uses this for accuracy)."""
+@dataclass
+class Run:
+    """Everything the loop touches, built once by `setup`."""
+    cfg: RunConfig
+    model: torch.nn.Module
+    tokenizer: object
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    state: dict
+    log: RunLog
+    batches: object
+    batcher: Batcher
+    encoder: SampleEncoder
+    pad_id: int
+    eval_shards: list[str]
+    callbacks: list
+    resumed_from: Path | None
+
+
+def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
+    """Shards, model, optimizer, schedule; then the checkpoint to resume from, if any."""
     from mmtune.models.build import build_model
 
-    t = cfg.train
-    run_dir = Path(t.out_dir)
+    run_dir = Path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    train_shards = expand_shards(cfg.data.train, "data.train") if cfg.data.train else []
-    if not train_shards:
+    if not cfg.data.train:
         raise ConfigError("data.train: no shards given (build some with `mmtune build-data`)")
+    train_shards = expand_shards(cfg.data.train, "data.train")
     eval_shards = expand_shards(cfg.data.eval, "data.eval") if cfg.data.eval else []
-
     model, tokenizer = build_model(cfg)
-    dev = device()
-    model.to(dev)
+    model.to(device())
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("tuning: every part is frozen, nothing to train (set tuning.llm/bridge to lora or full)")
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = cosine_with_warmup(optimizer, t)
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = cosine_with_warmup(optimizer, cfg.train)
     state = {"step": 0, "data": asdict(DataState()), "counts": {}, "bad_steps": 0, "tokens": 0, "samples": 0}
     ckpt = checkpoint.find(resume, run_dir)
     if ckpt is not None:
         state = checkpoint.load(ckpt, model, optimizer, scheduler)
     save_config(cfg, run_dir / "config.yaml")
     log = RunLog(run_dir, resume_step=state["step"] if ckpt is not None else None)
-    trainable = sum(p.numel() for p in params)
-    total = sum(p.numel() for p in model.parameters())
-    log.say(f"mmtune: {cfg.model.llm} | trainable {trainable:,} / {total:,} params | "
-            + (f"resumed from {ckpt}" if ckpt else f"run dir {run_dir}"))
-
-    if t.precision == "bf16" and (ratio := slow_cpu_bf16()) > 1.5:
-        log.say(f"warning: bf16 matmul is {ratio:.0f}x slower than fp32 on this CPU and torch build; "
-                "train.precision=fp32 will be faster here")
     encoder = sample_encoder(cfg, model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches, batcher = make_batches(cfg, train_shards, encoder, pad_id, DataState(**state["data"]), train=True)
     batcher.counts.update(state["counts"])
+    return Run(cfg, model, tokenizer, params, optimizer, scheduler, state, log, batches, batcher, encoder, pad_id,
+               eval_shards, callbacks, ckpt)
+
+
+def announce(run: Run) -> None:
+    trainable = sum(p.numel() for p in run.params)
+    total = sum(p.numel() for p in run.model.parameters())
+    where = f"resumed from {run.resumed_from}" if run.resumed_from else f"run dir {run.cfg.train.out_dir}"
+    run.log.say(f"mmtune: {run.cfg.model.llm} | trainable {trainable:,} / {total:,} params | {where}")
+    if run.cfg.train.precision == "bf16" and (ratio := slow_cpu_bf16()) > 1.5:
+        run.log.say(f"warning: bf16 matmul is {ratio:.0f}x slower than fp32 on this CPU and torch build; "
+                    "train.precision=fp32 will be faster here")
+
+
+def run_eval(run: Run, step: int) -> None:
+    """Held-out loss, sample generations and callbacks' metrics, as one metrics.jsonl record."""
+    record = {"step": step}
+    if run.eval_shards:
+        record["eval_loss"] = evaluate(run.model, run.cfg, run.eval_shards, run.encoder, run.pad_id)
+        run.log.say(f"step {step}: eval loss {record['eval_loss']:.4f}")
+    if run.cfg.train.sample_prompts:
+        record["generations"] = sample_generations(run.model, run.tokenizer, run.cfg, run.log, step)
+    for cb in run.callbacks:
+        record.update(cb("eval", step=step, model=run.model, tokenizer=run.tokenizer, log=run.log) or {})
+    if len(record) > 1:
+        run.log.metric(record)
+
+
+def train_step(run: Run) -> dict:
+    """One optimizer step over `grad_accum` micro-batches; returns what the log records."""
+    t, state = run.cfg.train, run.state
     objective = get_objective(t.objective)
-    callbacks = callbacks or []
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_sum, count, ids, pad, tokens = 0.0, 0, [], 0.0, 0
+    for _ in range(t.grad_accum):
+        batch, data_state = next(run.batches)
+        batch = to_device(batch, device())
+        with autocast(run.cfg):
+            out = objective(run.model, batch, sparse=t.sparse_lm_head)
+        out.loss_sum.backward()
+        loss_sum, count = loss_sum + float(out.loss_sum.detach()), count + out.count
+        ids += batch["sample_ids"]
+        pad += padding_fraction(batch) / t.grad_accum
+        tokens += int((batch["seq_ids"] >= 0).sum())
+    state["step"] += 1
+    for p in run.params:  # weight by supervised tokens across the whole accumulation step
+        if p.grad is not None:
+            p.grad.div_(max(count, 1))
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, t.clip if t.clip > 0 else float("inf")))
+    loss = loss_sum / max(count, 1)
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        run.optimizer.step()
+    else:
+        skip_non_finite(run, loss, grad_norm)
+    run.scheduler.step()
+    state["data"] = asdict(data_state)
+    state["samples"] += len(ids)
+    state["tokens"] += count
+    state["counts"] = dict(run.batcher.counts)
+    run.log.data_order(state["step"], ids)
+    return {"step": state["step"], "loss": loss, "lr": run.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+            "supervised_tokens": count, "tokens": tokens, "padding": pad, "bad_steps": state["bad_steps"],
+            **state["counts"]}
 
-    def run_eval(step: int) -> None:
-        record = {"step": step}
-        if eval_shards:
-            record["eval_loss"] = evaluate(model, cfg, eval_shards, encoder, pad_id)
-            log.say(f"step {step}: eval loss {record['eval_loss']:.4f}")
-        if t.sample_prompts:
-            record["generations"] = sample_generations(model, tokenizer, cfg, log, step)
-        for cb in callbacks:
-            record.update(cb("eval", step=step, model=model, tokenizer=tokenizer, log=log) or {})
-        if len(record) > 1:
-            log.metric(record)
 
-    if ckpt is None:
-        run_eval(0)
-    model.train()
-    with tqdm(total=t.steps, initial=state["step"], desc="train", dynamic_ncols=True) as bar:
-        started, window_tokens = time.perf_counter(), 0
-        while state["step"] < t.steps:
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum, count, ids, pad = 0.0, 0, [], 0.0
-            for _ in range(t.grad_accum):
-                batch, data_state = next(batches)
-                batch = to_device(batch, dev)
-                with autocast(cfg):
-                    out = objective(model, batch, sparse=t.sparse_lm_head)
-                out.loss_sum.backward()
-                loss_sum, count = loss_sum + float(out.loss_sum.detach()), count + out.count
-                ids += batch["sample_ids"]
-                pad += padding_fraction(batch) / t.grad_accum
-                window_tokens += int((batch["seq_ids"] >= 0).sum())
-            state["step"] += 1
-            step = state["step"]
-            for p in params:  # weight by supervised tokens across the whole accumulation step
-                if p.grad is not None:
-                    p.grad.div_(max(count, 1))
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.clip if t.clip > 0 else float("inf")))
-            loss = loss_sum / max(count, 1)
-            if math.isfinite(loss) and math.isfinite(grad_norm):
-                optimizer.step()
-            else:
-                state["bad_steps"] += 1
-                log.say(f"step {step}: non-finite loss/grad ({loss}, {grad_norm}); skipped ({state['bad_steps']} so far)")
-                if state["bad_steps"] > t.max_bad_steps:
-                    raise TrainingError(f"{state['bad_steps']} non-finite steps exceed train.max_bad_steps="
-                                        f"{t.max_bad_steps}; lower train.lr or use train.precision=fp32")
-            scheduler.step()
-            state["data"] = asdict(data_state)
-            state["samples"] += len(ids)
-            state["tokens"] += count
-            state["counts"] = dict(batcher.counts)
-            log.data_order(step, ids)
+def skip_non_finite(run: Run, loss: float, grad_norm: float) -> None:
+    """A NaN/inf step changes no weight; too many of them end the run with advice."""
+    run.state["bad_steps"] += 1
+    bad, limit = run.state["bad_steps"], run.cfg.train.max_bad_steps
+    run.log.say(f"step {run.state['step']}: non-finite loss/grad ({loss}, {grad_norm}); skipped ({bad} so far)")
+    if bad > limit:
+        raise TrainingError(f"{bad} non-finite steps exceed train.max_bad_steps={limit}; "
+                            "lower train.lr or use train.precision=fp32")
+
+
+def train(cfg: RunConfig, resume: str | bool = False, callbacks: list | None = None) -> dict:
+    """Train `cfg`; `resume` is False, True/"latest" (newest checkpoint in out_dir, if any) or a checkpoint path.
+    `callbacks` are called as cb(event, **info) at "eval" and "end" (the demo uses this for accuracy)."""
+    run = setup(cfg, resume, callbacks or [])
+    t, log = cfg.train, run.log
+    announce(run)
+    if run.resumed_from is None:
+        run_eval(run, 0)
+    run.model.train()
+    with tqdm(total=t.steps, initial=run.state["step"], desc="train", dynamic_ncols=True) as bar:
+        started, tokens = time.perf_counter(), 0
+        while run.state["step"] < t.steps:
+            record = train_step(run)
+            step, tokens = record["step"], tokens + record.pop("tokens")
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
             if step % t.log_every == 0 or step == 1 or step == t.steps:
-                elapsed = time.perf_counter() - started
-                log.metric({"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                            "supervised_tokens": count, "tokens_per_s": window_tokens / max(elapsed, 1e-9),
-                            "padding": pad, "bad_steps": state["bad_steps"], **state["counts"]})
-                started, window_tokens = time.perf_counter(), 0
+                log.metric({**record, "tokens_per_s": tokens / max(time.perf_counter() - started, 1e-9)})
+                started, tokens = time.perf_counter(), 0
             if step % t.eval_every == 0 or step == t.steps:
-                run_eval(step)
+                run_eval(run, step)
                 log.plot()
             if step % t.save_every == 0 or step == t.steps:
-                checkpoint.save(run_dir, step, model, optimizer, scheduler, state, cfg, t.keep_last)
-    curve = log.plot()
-    summary = {"run_dir": str(run_dir), "step": state["step"], "checkpoint": str(checkpoint.list_checkpoints(run_dir)[-1]),
-               "loss_curve": str(curve), "counts": state["counts"]}
-    for cb in callbacks:
-        summary.update(cb("end", step=state["step"], model=model, tokenizer=tokenizer, log=log) or {})
-    log.say(f"done: {state['step']} steps; loss curve {curve}; checkpoint {summary['checkpoint']}")
+                checkpoint.save(Path(t.out_dir), step, run.model, run.optimizer, run.scheduler, run.state, cfg,
+                                t.keep_last)
+    return finish(run)
+
+
+def finish(run: Run) -> dict:
+    curve = run.log.plot()
+    summary = {"run_dir": run.cfg.train.out_dir, "step": run.state["step"], "loss_curve": str(curve),
+               "checkpoint": str(checkpoint.list_checkpoints(Path(run.cfg.train.out_dir))[-1]),
+               "counts": run.state["counts"]}
+    for cb in run.callbacks:
+        summary.update(cb("end", step=run.state["step"], model=run.model, tokenizer=run.tokenizer, log=run.log) or {})
+    run.log.say(f"done: {run.state['step']} steps; loss curve {curve}; checkpoint {summary['checkpoint']}")
     return summary

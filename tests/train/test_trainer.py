@@ -80,22 +80,29 @@ def test_non_finite_steps_are_skipped_then_abort(tmp_path, monkeypatch):
 
 
 def _mismatch_shards(out):
+    import io
+    import tarfile
+
     rng = random.Random(0)
     with ShardSink(out, "train") as sink:
         for i in range(6):
             sink.write(text_sample(i, rng))
-        bad = image_sample(99, rng)
-        # Written around ShardSink's validation, as a corrupt or hand-made shard would be.
-        bad.media.append(Media("image", "extra.png"))
-        bad.data["extra.png"] = bad.data["0.png"]
-        sink._writer.write({"__key__": "bad", "json": json.dumps(bad.to_json()).encode(), **bad.data})
+    bad = image_sample(99, rng)
+    bad.media.append(Media("image", "extra.png"))
+    # Written around ShardSink's validation, as a corrupt or hand-made shard would be.
+    with tarfile.open(out / "train-000001.tar", "w") as tf:
+        for ext, data in {"json": json.dumps(bad.to_json()).encode(), "0.png": bad.data["0.png"],
+                          "extra.png": bad.data["0.png"]}.items():
+            info = tarfile.TarInfo(f"bad.{ext}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
     return sorted(str(p) for p in out.glob("train-*.tar"))
 
 
 def test_placeholder_mismatch_in_a_shard_is_named(tmp_path):
     shards = _mismatch_shards(tmp_path / "d")
     cfg = tiny_config(tmp_path / "run", shards, *VLM)
-    with pytest.raises(DataError, match=r"train-000000\.tar key 'bad'.*placeholders \[<image>\] do not match media"):
+    with pytest.raises(DataError, match=r"train-000001\.tar key 'bad'.*placeholders \[<image>\] do not match media"):
         mmtune.finetune(cfg)
 
 

@@ -30,14 +30,16 @@ class DataState:
 
 
 Row = list[dict]
+LENGTH_BUCKET = 16
+"""Length grouping sorts by length // LENGTH_BUCKET, so a row carries under 16 tokens of avoidable padding."""
 
 
 class Batcher:
     """Group encoded samples into rows and rows into batches; count or raise on failed items.
 
     packing: first-fit of consecutive samples into up to `batch_size` rows of `max_len` tokens.
-    group_by_length: sort a window of `window` batches by (modality, length) and shuffle the batch order, which
-    removes most padding while keeping the data position exact.
+    group_by_length: sort a window of `window` batches by (modality, length bucket) and shuffle the batch order,
+    which removes most padding while keeping the data position exact.
     """
 
     def __init__(self, batch_size: int, max_len: int, *, packing: bool = False, group_by_length: bool = True,
@@ -78,11 +80,15 @@ class Batcher:
 
     def _emit_window(self, window: list[Item], epoch: int, start: int, end: int, skip: int):
         samples = [it.value for it in window]
+        rng = random.Random(f"{self.seed}-{epoch}-{start}")
         if self.window > 1:
-            samples.sort(key=lambda s: (s["modality"], len(s["input_ids"])))
+            # Shuffle, then a stable sort by length *bucket*: batches mix samples of similar length instead of
+            # identical length, which in templated data means identical prompts (one task per batch).
+            rng.shuffle(samples)
+            samples.sort(key=lambda s: (s["modality"], len(s["input_ids"]) // LENGTH_BUCKET))
         batches = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
         if self.window > 1:
-            random.Random(f"{self.seed}-{epoch}-{start}").shuffle(batches)
+            rng.shuffle(batches)
         for i, batch in enumerate(batches):
             if i < skip:
                 continue

@@ -1,0 +1,426 @@
+"""What the side-by-side throughput benchmarks (text_sft.py, vlm_sft.py) share: arguments, data, the Hugging Face
+Trainer harness, the mmtune harness, child processes and the report.
+
+Fairness rules both scripts follow, so only the frameworks differ:
+- Same samples, encoded by the same call (mmtune.data.templates.encode), so ids and loss masks are identical.
+- Same initial weights: every side builds its model with mmtune's `build_model` and the same seed.
+- Each run is its own child process with the same thread count, so its peak RSS (ru_maxrss) is its own.
+- One way to count: real (non-padding) positions, media positions included, processed from the end of the last
+  warm-up step to the end of the last timed step, divided by the wall time in between. That window holds data
+  loading, forward, backward and the optimizer step of every timed step.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+ALPACA = ROOT.parent / "shared" / "data" / "text" / "alpaca_en_demo.json"
+RESULTS = ROOT / "bench" / "results"
+IGNORE = -100
+LENGTHS = "lengths.json"
+BIG = 10**9
+"""eval_every / save_every for mmtune runs: nothing but the final checkpoint, after the timed steps."""
+
+
+# ---------------------------------------------------------------- arguments and machine
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny:llama", help="LLM source for every side: tiny:llama or smollm2-135m")
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per run")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="steps run first and left out of the timing")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads in every run")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per framework, alternating order; the fastest "
+                                                                "is kept")
+    parser.add_argument("--data", default=str(ALPACA), help="Alpaca-format JSON the samples come from")
+    parser.add_argument("--results", default="", help="report file (default bench/results/<script>-<model>.txt)")
+    parser.add_argument("--workdir", default="", help="shards, run dirs and logs (default: a fresh temp dir)")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+
+
+def set_threads(threads: int) -> None:
+    """Same intra-op threads everywhere; transformers' progress bars and load reports kept out of the report."""
+    import transformers
+
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def machine_lines(threads: int) -> list[str]:
+    import transformers
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return [f"machine: {cpu}; {len(os.sched_getaffinity(0))} cores available; python {platform.python_version()}",
+            f"torch {torch.__version__} ({threads} threads per run, fp32, CPU); transformers {transformers.__version__}"
+            f"; trl {version_of('trl') or 'not installed'}"]
+
+
+def version_of(module: str) -> str | None:
+    """The module's version, None when it is not importable (optional peers such as trl)."""
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def results_path(args: argparse.Namespace, script: str) -> Path:
+    return Path(args.results) if args.results else RESULTS / f"{script}-{args.model.replace(':', '-')}.txt"
+
+
+# ---------------------------------------------------------------- data
+
+
+def alpaca_shards(source: Path, out_dir: Path) -> list[str]:
+    """The Alpaca records as canonical shards, through the project's own builder."""
+    from data_builders import build
+
+    return [str(p) for p in build("alpaca", source, out_dir).shards]
+
+
+def load_samples(shards: Iterable[str]) -> list:
+    """Every Sample of `shards`, in file order."""
+    from mmtune.data.shards import iter_refs, read_sample
+
+    return [read_sample(ref) for shard in shards for ref in iter_refs(shard)]
+
+
+def encode_all(samples: list, tokenizer, template: str, max_len: int, media_tokens: dict[str, int] | None = None):
+    """(sample, Encoded) for every sample that keeps a supervised token after truncation, as mmtune trains on."""
+    from mmtune.data.templates import encode, has_target
+
+    out = []
+    for s in samples:
+        enc = encode(s.messages, tokenizer, template, media_tokens=media_tokens, max_len=max_len)
+        if has_target(enc):
+            out.append((s, enc))
+    return out
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass
+class Step:
+    """One optimizer step as the harness saw it."""
+    real: int
+    positions: int
+    samples: int
+    seconds: float
+    loss: float
+
+
+@dataclass
+class Throughput:
+    name: str
+    real: int
+    positions: int
+    samples: int
+    seconds: float
+    first_loss: float
+    last_loss: float
+    peak_rss_gib: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.real / self.seconds
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds
+
+    @property
+    def padding(self) -> float:
+        return 1 - self.real / self.positions
+
+
+def measure(name: str, steps: list[Step], warmup: int) -> Throughput:
+    """Totals over the steps after `warmup`; the loss of step 1 and of the last step show that training ran."""
+    timed = steps[warmup:]
+    if not timed:
+        raise RuntimeError(f"{name}: {len(steps)} steps recorded, none after {warmup} warm-up steps")
+    return Throughput(name, sum(s.real for s in timed), sum(s.positions for s in timed),
+                      sum(s.samples for s in timed), sum(s.seconds for s in timed), steps[0].loss, steps[-1].loss)
+
+
+# ---------------------------------------------------------------- the Hugging Face side
+
+
+class PadCollator:
+    """DataCollatorForSeq2Seq's right padding (labels padded with -100), plus stacked `pixel_values` if present."""
+
+    def __init__(self, tokenizer):
+        from transformers import DataCollatorForSeq2Seq
+
+        tokenizer.padding_side = "right"
+        self.pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE, return_tensors="pt")
+
+    def __call__(self, features: list[dict]) -> dict:
+        pixels = [f.pop("pixel_values") for f in features if "pixel_values" in f]
+        batch = self.pad(features)
+        if pixels:
+            batch["pixel_values"] = torch.stack(pixels)
+        return batch
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    """Pre-tokenized examples as a plain torch Dataset; an example's `image` bytes, if any, are decoded and run
+    through `image_processor` when the item is fetched, as LLaVA-style datasets do."""
+
+    def __init__(self, examples: list[dict], image_processor=None):
+        self.examples, self.image_processor = examples, image_processor
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        example = dict(self.examples[i])
+        image = example.pop("image", None)
+        if image is not None:
+            rgb = Image.open(io.BytesIO(image)).convert("RGB")
+            example["pixel_values"] = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"][0]
+        return example
+
+
+def hf_examples(encoded: list, media_id: int | None = None) -> list[dict]:
+    """input_ids / attention_mask / labels from mmtune encodings; media sentinels become `media_id` (the peer's
+    `<image>` token), so every image takes the same positions on both sides. An image's bytes go along as `image`."""
+    from mmtune.data.templates import MEDIA_TOKEN_IDS
+
+    out = []
+    for sample, enc in encoded:
+        ids = [media_id if i == MEDIA_TOKEN_IDS["image"] else i for i in enc.input_ids]
+        example = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(enc.labels)}
+        if sample.media:
+            example["image"] = sample.data[sample.media[0].member]
+        out.append(example)
+    return out
+
+
+def training_args(cls, out_dir: Path, args: argparse.Namespace, **extra):
+    """The Trainer settings every Hugging Face run shares: batch, steps, AdamW at `args.lr` with a cosine schedule,
+    clipping at 1.0, fp32 on CPU, no eval, no saving, no reporting, data loaded in the training process."""
+    return cls(output_dir=str(out_dir), per_device_train_batch_size=args.batch_size,
+               max_steps=args.warmup_steps + args.steps, learning_rate=args.lr, lr_scheduler_type="cosine",
+               warmup_steps=10, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
+               eval_strategy="no", report_to=[], dataloader_num_workers=0, use_cpu=True, seed=args.seed,
+               data_seed=args.seed, remove_unused_columns=False, disable_tqdm=True, **extra)
+
+
+def run_hf(trainer_cls, **trainer_kwargs) -> list[Step]:
+    """Train with `trainer_cls` (Trainer, SFTTrainer...) and return one Step per optimizer step."""
+    from transformers import TrainerCallback
+
+    clock: dict[str, list] = {"ends": [], "batches": [], "losses": []}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *args, **kwargs):
+            clock["ends"].append(time.perf_counter())
+
+        def on_step_end(self, *args, **kwargs):
+            clock["ends"].append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                clock["losses"].append(float(logs["loss"]))
+
+    class Counted(trainer_cls):
+        def training_step(self, model, inputs, *args, **kwargs):
+            clock["batches"].append(batch_counts(inputs))
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    Counted(callbacks=[Clock()], **trainer_kwargs).train()
+    ends = clock["ends"]
+    return [Step(*clock["batches"][i], seconds=ends[i + 1] - ends[i], loss=clock["losses"][i])
+            for i in range(len(ends) - 1)]
+
+
+def batch_counts(inputs: dict) -> tuple[int, int, int]:
+    """(real positions, all positions, samples) of a Trainer batch: padded rows carry an attention mask; padding-free
+    rows (TRL packing) carry position ids restarting at 0 for every sample and no padding."""
+    if "attention_mask" in inputs:
+        mask = inputs["attention_mask"]
+        return int(mask.sum()), mask.numel(), mask.shape[0]
+    ids = inputs["input_ids"]
+    return ids.numel(), ids.numel(), int((inputs["position_ids"] == 0).sum())
+
+
+def fixed_batch_losses(cfg, model, tokenizer, peer, samples: list, peer_items: list[dict]) -> tuple[float, float]:
+    """Loss per supervised token of mmtune's model (through its own data path: sample encoder, collate, sft
+    objective) and of the peer (PadCollator, model(**batch).loss) on one batch of the same samples, before any step.
+    """
+    from mmtune.data.packing import collate
+    from mmtune.train.objectives import sft
+    from mmtune.train.trainer import sample_encoder
+
+    encoder = sample_encoder(cfg, model, tokenizer)
+    batch = collate([[encoder(s)] for s in samples], tokenizer.pad_token_id)
+    with torch.no_grad():
+        out = sft(model, batch)
+        theirs = peer(**PadCollator(tokenizer)(peer_items)).loss
+    return float(out.loss_sum) / out.count, float(theirs)
+
+
+# ---------------------------------------------------------------- the mmtune side
+
+
+def build_mmtune_model(overrides: list[str]):
+    """(config, model, tokenizer) exactly as mmtune.train builds them for `overrides`: peers start from these
+    weights, so every side trains the same initial model."""
+    import mmtune
+    from mmtune.models.build import build_model
+
+    cfg = mmtune.load_config(None, overrides)
+    return (cfg, *build_model(cfg))
+
+
+def mmtune_overrides(args: argparse.Namespace, shards: list[str], out_dir: Path, packing: bool) -> list[str]:
+    """The mmtune settings matching training_args: same batch, steps, lr, clipping, precision and seed."""
+    return [f"model.llm={args.model}", f"data.train=[{','.join(shards)}]", "data.template=chatml",
+            f"data.max_len={args.max_len}", f"data.packing={str(packing).lower()}", "data.num_workers=0",
+            f"train.batch_size={args.batch_size}", f"train.steps={args.warmup_steps + args.steps}",
+            f"train.lr={args.lr}", "train.warmup=10", "train.weight_decay=0.0", "train.clip=1.0",
+            "train.precision=fp32", f"train.seed={args.seed}", "train.log_every=1", f"train.eval_every={BIG}",
+            f"train.save_every={BIG}", f"train.out_dir={out_dir}", "tuning.llm=full"]
+
+
+def write_lengths(workdir: Path, encoded: list) -> None:
+    """Encoded length of every sample id, for run_mmtune; written by the parent before any run."""
+    (workdir / LENGTHS).write_text(json.dumps({s.id: len(e.input_ids) for s, e in encoded}))
+
+
+def run_mmtune(overrides: list[str], workdir: Path) -> list[Step]:
+    """Train with `mmtune.finetune` and rebuild one Step per optimizer step from its run logs.
+
+    metrics.jsonl gives each step's loss, padding fraction and real tokens/s (tokens over the time since the
+    previous step's log); samples.jsonl gives each step's sample ids, whose encoded lengths (write_lengths) sum to
+    the step's real tokens. So seconds = real / tokens_per_s and positions = real / (1 - padding).
+    """
+    import mmtune
+
+    cfg = mmtune.load_config(None, overrides)
+    run_dir = Path(cfg.train.out_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
+    mmtune.finetune(cfg)
+    metrics = {r["step"]: r for r in _jsonl(run_dir / "metrics.jsonl") if "tokens_per_s" in r}
+    order = {r["step"]: r["ids"] for r in _jsonl(run_dir / "samples.jsonl")}
+    lengths = json.loads((workdir / LENGTHS).read_text())
+    steps = []
+    for step in sorted(metrics):
+        m, real = metrics[step], sum(lengths[i] for i in order[step])
+        steps.append(Step(real, round(real / (1 - m["padding"])), len(order[step]), real / m["tokens_per_s"],
+                          m["loss"]))
+    return steps
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- child processes
+
+
+def run_child(script: str, argv: list[str], kind: str, workdir: Path, env: dict[str, str] | None = None) -> dict:
+    """Run `python -m bench.<script> ARGV --child KIND` from the repository root and return what it wrote.
+
+    Its output goes to WORKDIR/KIND.log; on failure the tail of that log is raised.
+    """
+    log = workdir / f"{kind}.log"
+    command = [sys.executable, "-m", f"bench.{script}", *argv, "--child", kind, "--workdir", str(workdir)]
+    with open(log, "w") as out:
+        done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=child_env(env))
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-30:])
+        raise RuntimeError(f"run {kind!r} failed (exit {done.returncode}); end of {log}:\n{tail}")
+    return json.loads((workdir / f"{kind}.json").read_text())
+
+
+def child_env(extra: dict[str, str] | None) -> dict[str, str]:
+    """The parent's environment, offline, with the repository first on the path."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(extra or {}))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def compare(script: str, args: argparse.Namespace, labels: dict[str, str], workdir: Path,
+            report: Report) -> list[Throughput]:
+    """Run each kind of `labels` (kind -> what the report calls it) in its own child, `args.repeats` times in
+    alternating order (a slow spell of the shared machine then does not always hit the same side); keep each
+    kind's fastest run, the one least disturbed by other load."""
+    best: dict[str, Throughput] = {}
+    kinds = list(labels)
+    for attempt in range(args.repeats):
+        for kind in kinds if attempt % 2 == 0 else kinds[::-1]:
+            started = time.perf_counter()
+            row = Throughput(**run_child(script, sys.argv[1:], kind, workdir, thread_env(args.threads)))
+            report.say(f"- {labels[kind]}, attempt {attempt + 1}: {row.tokens_per_s:,.0f} real tokens/s "
+                       f"(child took {time.perf_counter() - started:.0f}s with start-up)")
+            if kind not in best or row.tokens_per_s > best[kind].tokens_per_s:
+                best[kind] = row
+    return [best[k] for k in kinds]
+
+
+def write_child_result(workdir: Path, kind: str, result: Throughput) -> None:
+    """Called last in a child: the measured totals plus this process's peak RSS (Linux reports kB)."""
+    result.peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    (workdir / f"{kind}.json").write_text(json.dumps(asdict(result)))
+
+
+# ---------------------------------------------------------------- report
+
+
+class Report:
+    """Lines printed as they come and written to `path` at the end."""
+
+    def __init__(self, path: Path):
+        self.path, self.lines = path, []
+
+    def say(self, line: str = "") -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("\n".join(self.lines) + "\n")
+        print(f"report written to {self.path}")
+
+
+def table(rows: list[Throughput], baseline: str) -> list[str]:
+    """Markdown table of the runs; the ratio column divides real tokens/s by the `baseline` row's."""
+    base = next(r for r in rows if r.name == baseline).tokens_per_s
+    out = [f"| run | real tokens/s | samples/s | padding | peak RSS | loss step 1 -> last | vs {baseline} |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r.name} | {r.tokens_per_s:,.0f} | {r.samples_per_s:.2f} | {r.padding:.1%} | "
+                   f"{r.peak_rss_gib:.2f} GiB | {r.first_loss:.3f} -> {r.last_loss:.3f} | "
+                   f"{r.tokens_per_s / base:.2f}x |")
+    return out
+
+
+def config_lines(args: argparse.Namespace, extra: dict | None = None) -> list[str]:
+    shown = {k: v for k, v in vars(args).items() if k not in ("child", "results", "workdir")}
+    return [f"config: {json.dumps({**shown, **(extra or {})})}"]

@@ -1,0 +1,149 @@
+"""Text SFT throughput, side by side: mmtune (unpacked and packed) against transformers' Trainer, and TRL's
+SFTTrainer (unpacked and packed) when `trl` is importable. Run from the repository root:
+
+    python -m bench.text_sft                              # tiny:llama, 30 timed steps after 3 warm-up steps
+    python -m bench.text_sft --model smollm2-135m --steps 10
+    python -m bench.text_sft --runs trainer,mmtune        # a subset
+
+Every side trains the same model (built by mmtune's build_model with one seed) on the Alpaca demo records, encoded
+once by mmtune's ChatML template with loss on assistant tokens only, batch 8, max length 512, fp32, AdamW. Before
+the runs, both models score one identical batch, and the two losses are printed: they must agree.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import tempfile
+from pathlib import Path
+
+from bench.common import (Report, add_common_args, alpaca_shards, build_mmtune_model, compare, config_lines,
+                          encode_all, ExampleDataset, fixed_batch_losses, hf_examples, load_samples, machine_lines,
+                          measure, mmtune_overrides, PadCollator, results_path, run_hf, run_mmtune, set_threads,
+                          table, training_args, version_of, write_child_result, write_lengths)
+
+TEMPLATE = "chatml"
+RUNS = {
+    "trainer": "transformers Trainer",
+    "trl": "TRL SFTTrainer",
+    "trl-packed": "TRL SFTTrainer packed",
+    "mmtune": "mmtune",
+    "mmtune-packed": "mmtune packed",
+}
+BASELINE = "trainer"
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser)
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
+    args = parser.parse_args()
+    unknown = set(args.runs.split(",")) - set(RUNS)
+    if unknown:
+        parser.error(f"--runs: unknown {sorted(unknown)}; choose from {', '.join(RUNS)}")
+    return args
+
+
+def shards_of(workdir: Path) -> list[str]:
+    return sorted(str(p) for p in (workdir / "shards").glob("train-*.tar"))
+
+
+def peer_and_data(args: argparse.Namespace, workdir: Path):
+    """(mmtune config, mmtune model, the Hugging Face model it wraps, tokenizer, encoded samples)."""
+    shards = shards_of(workdir)
+    cfg, model, tokenizer = build_mmtune_model(mmtune_overrides(args, shards, workdir / "check", packing=False))
+    encoded = encode_all(load_samples(shards), tokenizer, TEMPLATE, args.max_len)
+    return cfg, model, model.llm, tokenizer, encoded
+
+
+# ---------------------------------------------------------------- children: one framework each
+
+
+def run_trainer(args: argparse.Namespace, workdir: Path):
+    from transformers import Trainer, TrainingArguments
+
+    _, _, peer, tokenizer, encoded = peer_and_data(args, workdir)
+    return run_hf(Trainer, model=peer, args=training_args(TrainingArguments, workdir / "trainer", args),
+                  train_dataset=ExampleDataset(hf_examples(encoded)), data_collator=PadCollator(tokenizer),
+                  processing_class=tokenizer)
+
+
+def run_trl(args: argparse.Namespace, workdir: Path, packing: bool):
+    """SFTTrainer on the same pre-tokenized ids and labels; its own collator (padding-free when packing)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    _, _, peer, tokenizer, encoded = peer_and_data(args, workdir)
+    rows = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in hf_examples(encoded)]
+    config = training_args(SFTConfig, workdir / f"trl-{packing}", args, max_length=args.max_len, packing=packing,
+                           bf16=False, activation_checkpointing=False)  # SFTConfig defaults both to True
+    return run_hf(SFTTrainer, model=peer, args=config, train_dataset=Dataset.from_list(rows),
+                  processing_class=tokenizer)
+
+
+def run_ours(args: argparse.Namespace, workdir: Path, packing: bool):
+    return run_mmtune(mmtune_overrides(args, shards_of(workdir), workdir / f"mmtune-{packing}", packing), workdir)
+
+
+def child(args: argparse.Namespace) -> None:
+    set_threads(args.threads)
+    workdir = Path(args.workdir)
+    kind = args.child
+    if kind == "trainer":
+        steps = run_trainer(args, workdir)
+    elif kind.startswith("trl"):
+        steps = run_trl(args, workdir, packing=kind.endswith("packed"))
+    else:
+        steps = run_ours(args, workdir, packing=kind.endswith("packed"))
+    write_child_result(workdir, kind, measure(RUNS[kind], steps, args.warmup_steps))
+
+
+# ---------------------------------------------------------------- parent: data, loss check, runs, report
+
+
+def loss_check(args: argparse.Namespace, workdir: Path) -> str:
+    """Both losses on one batch; also writes the sample lengths the mmtune runs are measured with."""
+    cfg, model, peer, tokenizer, encoded = peer_and_data(args, workdir)
+    write_lengths(workdir, encoded)
+    batch = encoded[:args.batch_size]
+    ours, theirs = fixed_batch_losses(cfg, model, tokenizer, copy.deepcopy(peer), [s for s, _ in batch],
+                                      hf_examples(batch))
+    return (f"same batch of {len(batch)} samples, same initial weights: mmtune loss {ours:.6f}, "
+            f"transformers loss {theirs:.6f}, |difference| {abs(ours - theirs):.2e}")
+
+
+def parent(args: argparse.Namespace) -> None:
+    set_threads(args.threads)
+    kinds = args.runs.split(",")
+    temporary = not args.workdir
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-text-sft-"))
+    args.workdir = str(workdir)
+    report = Report(results_path(args, "text_sft"))
+    report.say("# Text SFT throughput: mmtune vs the Hugging Face way")
+    report.say()
+    for line in machine_lines(args.threads) + config_lines(args, {"template": TEMPLATE, "loss": "assistant only"}):
+        report.say(line)
+    alpaca_shards(Path(args.data), workdir / "shards")
+    report.say(f"loss check: {loss_check(args, workdir)}")
+    if any(k.startswith("trl") for k in kinds) and version_of("trl") is None:
+        report.say("TRL: skipped, `trl` is not importable here (pip install trl -c requirements/lock.txt)")
+        kinds = [k for k in kinds if not k.startswith("trl")]
+    rows = compare("text_sft", args, {k: RUNS[k] for k in kinds}, workdir, report)
+    report.say()
+    for line in table(rows, RUNS[BASELINE]) if BASELINE in kinds else table(rows, rows[0].name):
+        report.say(line)
+    report.save()
+    if temporary:
+        shutil.rmtree(workdir)
+
+
+def main() -> None:
+    args = parse()
+    if args.child:
+        child(args)
+    else:
+        parent(args)
+
+
+if __name__ == "__main__":
+    main()

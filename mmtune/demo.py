@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-samples", type=int, default=4000)
     p.add_argument("--eval-samples", type=int, default=200, help="held-out questions scored for accuracy")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--single-turn", action="store_true",
+                   help="one question per training sample (default: every question about an image in one chat)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the recipe, e.g. train.steps=100")
 
 
@@ -80,7 +82,7 @@ def main(args) -> int:
     image_size = _encoder_image_size(cfg)
     print(f"writing {args.train_samples} training and {args.eval_samples} held-out samples to {data_dir} ...")
     written = write_demo_shards(data_dir, args.train_samples, args.eval_samples, seed=args.seed,
-                                image_size=image_size)
+                                image_size=image_size, multi_turn=not args.single_turn)
     cfg.data.train, cfg.data.eval = written["train"], written["eval"]
     callback = accuracy_callback(held_out_questions(written["eval"], args.eval_samples))
     callback.cfg = cfg

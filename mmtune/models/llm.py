@@ -27,6 +27,10 @@ TINY: dict[str, dict] = {
     "llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                   tie_word_embeddings=True),
+    # The built-in demo's LLM: wide enough to route each question to what the image tokens say.
+    "llama-demo": dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
+                       tie_word_embeddings=True),
     "gpt_neox": dict(model_type="gpt_neox", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                      num_attention_heads=4, rotary_pct=0.25, max_position_embeddings=2048,
                      tie_word_embeddings=False),  # Pythia keeps a separate output embedding

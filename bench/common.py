@@ -20,10 +20,11 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from PIL import Image
@@ -54,6 +55,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=str(ALPACA), help="Alpaca-format JSON the samples come from")
     parser.add_argument("--results", default="", help="report file (default bench/results/<script>-<model>.txt)")
     parser.add_argument("--workdir", default="", help="shards, run dirs and logs (default: a fresh temp dir)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the data and the finished runs already in --workdir (after an interrupted run)")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
 
 
@@ -340,8 +343,8 @@ def _jsonl(path: Path) -> list[dict]:
 # ---------------------------------------------------------------- child processes
 
 
-def run_child(script: str, argv: list[str], kind: str, workdir: Path, env: dict[str, str] | None = None) -> dict:
-    """Run `python -m bench.<script> ARGV --child KIND` from the repository root and return what it wrote.
+def run_child(script: str, argv: list[str], kind: str, workdir: Path, env: dict[str, str] | None = None) -> None:
+    """Run `python -m bench.<script> ARGV --child KIND` from the repository root; it writes WORKDIR/KIND.json.
 
     Its output goes to WORKDIR/KIND.log; on failure the tail of that log is raised.
     """
@@ -352,7 +355,6 @@ def run_child(script: str, argv: list[str], kind: str, workdir: Path, env: dict[
     if done.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-30:])
         raise RuntimeError(f"run {kind!r} failed (exit {done.returncode}); end of {log}:\n{tail}")
-    return json.loads((workdir / f"{kind}.json").read_text())
 
 
 def child_env(extra: dict[str, str] | None) -> dict[str, str]:
@@ -370,15 +372,21 @@ def compare(script: str, args: argparse.Namespace, labels: dict[str, str], workd
             report: Report) -> list[Throughput]:
     """Run each kind of `labels` (kind -> what the report calls it) in its own child, `args.repeats` times in
     alternating order (a slow spell of the shared machine then does not always hit the same side); keep each
-    kind's fastest run, the one least disturbed by other load."""
+    kind's fastest run, the one least disturbed by other load. Each attempt's result is kept as
+    WORKDIR/KIND-ATTEMPT.json; with --resume an attempt that already has one is not run again."""
     best: dict[str, Throughput] = {}
     kinds = list(labels)
-    for attempt in range(args.repeats):
-        for kind in kinds if attempt % 2 == 0 else kinds[::-1]:
+    for attempt in range(1, args.repeats + 1):
+        for kind in kinds if attempt % 2 else kinds[::-1]:
+            saved = workdir / f"{kind}-{attempt}.json"
             started = time.perf_counter()
-            row = Throughput(**run_child(script, sys.argv[1:], kind, workdir, thread_env(args.threads)))
-            report.say(f"- {labels[kind]}, attempt {attempt + 1}: {row.tokens_per_s:,.0f} real tokens/s "
-                       f"(child took {time.perf_counter() - started:.0f}s with start-up)")
+            how = "reused from an earlier run in this workdir"
+            if not (args.resume and saved.exists()):
+                run_child(script, sys.argv[1:], kind, workdir, thread_env(args.threads))
+                (workdir / f"{kind}.json").replace(saved)
+                how = f"child took {time.perf_counter() - started:.0f}s with start-up"
+            row = Throughput(**json.loads(saved.read_text()))
+            report.say(f"- {labels[kind]}, attempt {attempt}: {row.tokens_per_s:,.0f} real tokens/s ({how})")
             if kind not in best or row.tokens_per_s > best[kind].tokens_per_s:
                 best[kind] = row
     return [best[k] for k in kinds]
@@ -424,3 +432,45 @@ def table(rows: list[Throughput], baseline: str) -> list[str]:
 def config_lines(args: argparse.Namespace, extra: dict | None = None) -> list[str]:
     shown = {k: v for k, v in vars(args).items() if k not in ("child", "results", "workdir")}
     return [f"config: {json.dumps({**shown, **(extra or {})})}"]
+
+
+# ---------------------------------------------------------------- the parent process both scripts run
+
+
+@dataclass
+class Bench:
+    """What one benchmark script plugs into `run_parent`."""
+
+    script: str  # module name under bench/, for the children
+    title: str
+    report_name: str  # bench/results/<report_name>-<model>.txt
+    config: dict  # extra settings shown in the report header
+    runs: dict[str, str]  # kind -> label in the report
+    baseline: str  # the kind the speed-ups are relative to
+    prepare: Callable[[argparse.Namespace, Path], None]  # writes the data into the workdir
+    prepared: Callable[[Path], bool]  # whether a workdir already holds that data (for --resume)
+    loss_check: Callable[[argparse.Namespace, Path], str]
+
+
+def run_parent(bench: Bench, args: argparse.Namespace, kinds: list[str], notes: Iterable[str] = ()) -> None:
+    """Header, data (kept with --resume), the loss check, every run in its own child, the table; the report goes
+    to bench/results and stdout."""
+    set_threads(args.threads)
+    temporary = not args.workdir
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix=f"bench-{bench.script}-"))
+    args.workdir = str(workdir)
+    report = Report(results_path(args, bench.report_name))
+    report.say(f"# {bench.title}")
+    report.say()
+    for line in [*machine_lines(args.threads), *config_lines(args, bench.config), *notes]:
+        report.say(line)
+    if not (args.resume and bench.prepared(workdir)):
+        bench.prepare(args, workdir)
+    report.say(f"loss check: {bench.loss_check(args, workdir)}")
+    rows = compare(bench.script, args, {k: bench.runs[k] for k in kinds}, workdir, report)
+    report.say()
+    for line in table(rows, bench.runs[bench.baseline] if bench.baseline in kinds else rows[0].name):
+        report.say(line)
+    report.save()
+    if temporary:
+        shutil.rmtree(workdir)

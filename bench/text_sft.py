@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
-import tempfile
 from pathlib import Path
 
-from bench.common import (Report, add_common_args, alpaca_shards, build_mmtune_model, compare, config_lines,
-                          encode_all, ExampleDataset, fixed_batch_losses, hf_examples, load_samples, machine_lines,
-                          measure, mmtune_overrides, PadCollator, results_path, run_hf, run_mmtune, set_threads,
-                          table, training_args, version_of, write_child_result, write_lengths)
+from bench.common import (Bench, add_common_args, alpaca_shards, build_mmtune_model, encode_all, ExampleDataset,
+                          fixed_batch_losses, hf_examples, load_samples, measure, mmtune_overrides, PadCollator,
+                          run_hf, run_mmtune, run_parent, set_threads, training_args, version_of,
+                          write_child_result, write_lengths)
 
 TEMPLATE = "chatml"
 RUNS = {
@@ -112,37 +110,24 @@ def loss_check(args: argparse.Namespace, workdir: Path) -> str:
             f"transformers loss {theirs:.6f}, |difference| {abs(ours - theirs):.2e}")
 
 
-def parent(args: argparse.Namespace) -> None:
-    set_threads(args.threads)
-    kinds = args.runs.split(",")
-    temporary = not args.workdir
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-text-sft-"))
-    args.workdir = str(workdir)
-    report = Report(results_path(args, "text_sft"))
-    report.say("# Text SFT throughput: mmtune vs the Hugging Face way")
-    report.say()
-    for line in machine_lines(args.threads) + config_lines(args, {"template": TEMPLATE, "loss": "assistant only"}):
-        report.say(line)
+def prepare(args: argparse.Namespace, workdir: Path) -> None:
     alpaca_shards(Path(args.data), workdir / "shards")
-    report.say(f"loss check: {loss_check(args, workdir)}")
-    if any(k.startswith("trl") for k in kinds) and version_of("trl") is None:
-        report.say("TRL: skipped, `trl` is not importable here (pip install trl -c requirements/lock.txt)")
-        kinds = [k for k in kinds if not k.startswith("trl")]
-    rows = compare("text_sft", args, {k: RUNS[k] for k in kinds}, workdir, report)
-    report.say()
-    for line in table(rows, RUNS[BASELINE]) if BASELINE in kinds else table(rows, rows[0].name):
-        report.say(line)
-    report.save()
-    if temporary:
-        shutil.rmtree(workdir)
+
+
+BENCH = Bench(script="text_sft", title="Text SFT throughput: mmtune vs the Hugging Face way", report_name="text_sft",
+              config={"template": TEMPLATE, "loss": "assistant only"}, runs=RUNS, baseline=BASELINE,
+              prepare=prepare, prepared=lambda workdir: bool(shards_of(workdir)), loss_check=loss_check)
 
 
 def main() -> None:
     args = parse()
     if args.child:
-        child(args)
-    else:
-        parent(args)
+        return child(args)
+    kinds, notes = args.runs.split(","), []
+    if any(k.startswith("trl") for k in kinds) and version_of("trl") is None:
+        notes.append("TRL: skipped, `trl` is not importable here (pip install trl -c requirements/lock.txt)")
+        kinds = [k for k in kinds if not k.startswith("trl")]
+    run_parent(BENCH, args, kinds, notes)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,15 @@ import argparse
 import copy
 import io
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
-from bench.common import (Report, add_common_args, alpaca_shards, build_mmtune_model, compare, config_lines,
-                          encode_all, ExampleDataset, fixed_batch_losses, hf_examples, load_samples, machine_lines,
-                          measure, mmtune_overrides, PadCollator, results_path, run_hf, run_mmtune, set_threads,
-                          table, training_args, write_child_result, write_lengths)
+from bench.common import (Bench, add_common_args, alpaca_shards, build_mmtune_model, encode_all, ExampleDataset,
+                          fixed_batch_losses, hf_examples, load_samples, measure, mmtune_overrides, PadCollator,
+                          results_path, run_hf, run_mmtune, run_parent, set_threads, training_args,
+                          write_child_result, write_lengths)
 
 TEMPLATE = "chatml"
 LAYER = -2
@@ -105,6 +103,13 @@ def save_clip_tower(arch: str, out_dir: Path, seed: int) -> None:
     torch.manual_seed(seed)
     CLIPVisionModel(config).save_pretrained(out_dir)
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(out_dir)
+
+
+def prepare(args: argparse.Namespace, workdir: Path) -> None:
+    """Image-chat shards and the CLIP tower directory, in `workdir` (the tower last: its presence means done)."""
+    text = load_samples(alpaca_shards(Path(args.data), workdir / "text"))
+    image_chat_shards(text, workdir / "shards", args.seed)
+    save_clip_tower(args.arch, workdir / "clip", args.seed)
 
 
 def overrides(args: argparse.Namespace, workdir: Path, out_dir: Path, packing: bool) -> list[str]:
@@ -199,37 +204,19 @@ def loss_check(args: argparse.Namespace, workdir: Path) -> str:
             f"~{1 / len(tokenizer):.0e}); {model.media_tokens['image']} positions per image")
 
 
-def parent(args: argparse.Namespace) -> None:
-    set_threads(args.threads)
-    kinds = args.runs.split(",")
-    temporary = not args.workdir
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-vlm-sft-"))
-    args.workdir = str(workdir)
-    report = Report(results_path(args, f"vlm_sft-{args.arch}"))
-    report.say("# LLaVA-style SFT throughput: mmtune vs LlavaForConditionalGeneration + Trainer")
-    report.say()
-    for line in machine_lines(args.threads) + config_lines(args, {"template": TEMPLATE, "vision_layer": LAYER,
-                                                                  "bridge": "mlp2x_gelu", "tower": "frozen"}):
-        report.say(line)
-    text = load_samples(alpaca_shards(Path(args.data), workdir / "text"))
-    image_chat_shards(text, workdir / "shards", args.seed)
-    save_clip_tower(args.arch, workdir / "clip", args.seed)
-    report.say(f"loss check: {loss_check(args, workdir)}")
-    rows = compare("vlm_sft", args, {k: RUNS[k] for k in kinds}, workdir, report)
-    report.say()
-    for line in table(rows, RUNS[BASELINE] if BASELINE in kinds else rows[0].name):
-        report.say(line)
-    report.save()
-    if temporary:
-        shutil.rmtree(workdir)
+BENCH = Bench(script="vlm_sft", title="LLaVA-style SFT throughput: mmtune vs LlavaForConditionalGeneration + Trainer",
+              report_name="vlm_sft", config={"template": TEMPLATE, "vision_layer": LAYER, "bridge": "mlp2x_gelu",
+                                             "tower": "frozen"},
+              runs=RUNS, baseline=BASELINE, prepare=prepare, prepared=lambda workdir: (workdir / "clip").is_dir(),
+              loss_check=loss_check)
 
 
 def main() -> None:
     args = parse()
     if args.child:
-        child(args)
-    else:
-        parent(args)
+        return child(args)
+    args.results = args.results or str(results_path(args, f"vlm_sft-{args.arch}"))
+    run_parent(BENCH, args, args.runs.split(","))
 
 
 if __name__ == "__main__":

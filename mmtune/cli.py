@@ -26,19 +26,27 @@ def _chat(args) -> int:
     from mmtune.data.sample import Message
     from mmtune.infer.generate import generate, load_checkpoint
 
-    model, tokenizer, cfg = load_checkpoint(args.ckpt)
     images = []
     for path in args.image or []:
         if not os.path.isfile(path):
             raise UserError(f"--image: no such file {path}")
-        images.append(decode_image(open(path, "rb").read(), path))
+        with open(path, "rb") as f:
+            images.append(decode_image(f.read(), path))
+    model, tokenizer, cfg = load_checkpoint(args.ckpt)
+    if images and model.encoder is None:
+        raise UserError(f"--image: the checkpoint {args.ckpt} is text-only (its recipe has no model.encoder)")
     history: list[Message] = []
+    shown: list[Image.Image] = []  # the images of the whole conversation: every turn is answered with them
 
     def ask(text: str, with_images: list[Image.Image]) -> str:
         if with_images and "<image>" not in text:
             text = "<image>\n" * len(with_images) + text
+        if text.count("<image>") != len(with_images):
+            raise UserError(f"the prompt has {text.count('<image>')} <image> placeholder(s) for "
+                            f"{len(with_images)} image(s); give one --image per placeholder (first turn only)")
         history.append(Message("user", text))
-        answer = generate(model, tokenizer, cfg, [list(history)], [with_images] if with_images else None,
+        shown.extend(with_images)
+        answer = generate(model, tokenizer, cfg, [list(history)], [shown] if shown else None,
                           max_new_tokens=args.max_new_tokens)[0]
         history.append(Message("assistant", answer))
         return answer
@@ -55,7 +63,11 @@ def _chat(args) -> int:
             break
         if not text:
             break
-        print("model>", ask(text, images if first else []))
+        try:
+            print("model>", ask(text, images if first else []))
+        except UserError as e:  # a bad turn is not the end of the session
+            print(f"error: {e}", file=sys.stderr)
+            continue
         first = False
     return 0
 

@@ -139,7 +139,7 @@ def collate(rows: list[Row], pad_id: int) -> dict:
             at += length
             n += 1
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "seq_ids": seq_ids,
-            "pixel_values": torch.cat(pixels) if pixels else None, "sample_ids": ids,
+            "pixel_values": _images(pixels), "sample_ids": ids,
             "packed": any(len(row) > 1 for row in rows)}
 
 
@@ -162,5 +162,10 @@ def collate_seq2seq(rows: list[Row], pad_id: int) -> dict:
     seq_ids = torch.arange(len(samples))[:, None].expand(-1, enc_len).masked_fill(~real, -1)
     pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
     return {"input_ids": input_ids, "attention_mask": (seq_ids >= 0).long(), "labels": labels, "seq_ids": seq_ids,
-            "pixel_values": torch.cat(pixels) if pixels else None, "sample_ids": [s["id"] for s in samples],
+            "pixel_values": _images(pixels), "sample_ids": [s["id"] for s in samples],
             "packed": False}
+
+
+def _images(pixels: list) -> torch.Tensor | None:
+    """Per-sample image stacks (numpy from the workers, see SampleEncoder) -> one [n_images, C, H, W] tensor."""
+    return torch.cat([torch.as_tensor(p) for p in pixels]) if pixels else None

@@ -60,6 +60,21 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
 
 
+def parse_args(description: str, runs: dict[str, str],
+               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The common arguments, the script's own (`extra`), and `--runs`, checked against `runs`."""
+    parser = argparse.ArgumentParser(description=description)
+    add_common_args(parser)
+    if extra:
+        extra(parser)
+    parser.add_argument("--runs", default=",".join(runs), help=f"comma-separated subset of {', '.join(runs)}")
+    args = parser.parse_args()
+    unknown = set(args.runs.split(",")) - set(runs)
+    if unknown:
+        parser.error(f"--runs: unknown {sorted(unknown)}; choose from {', '.join(runs)}")
+    return args
+
+
 def set_threads(threads: int) -> None:
     """Same intra-op threads everywhere; transformers' progress bars and load reports kept out of the report."""
     import transformers

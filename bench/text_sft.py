@@ -15,10 +15,10 @@ import argparse
 import copy
 from pathlib import Path
 
-from bench.common import (Bench, add_common_args, alpaca_shards, build_mmtune_model, encode_all, ExampleDataset,
-                          fixed_batch_losses, hf_examples, load_samples, measure, mmtune_overrides, PadCollator,
-                          run_hf, run_mmtune, run_parent, set_threads, training_args, version_of,
-                          write_child_result, write_lengths)
+from bench.common import (Bench, alpaca_shards, build_mmtune_model, encode_all, ExampleDataset, fixed_batch_losses,
+                          hf_examples, load_samples, measure, mmtune_overrides, PadCollator, parse_args, run_hf,
+                          run_mmtune, run_parent, set_threads, training_args, version_of, write_child_result,
+                          write_lengths)
 
 TEMPLATE = "chatml"
 RUNS = {
@@ -32,14 +32,7 @@ BASELINE = "trainer"
 
 
 def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser)
-    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
-    args = parser.parse_args()
-    unknown = set(args.runs.split(",")) - set(RUNS)
-    if unknown:
-        parser.error(f"--runs: unknown {sorted(unknown)}; choose from {', '.join(RUNS)}")
-    return args
+    return parse_args(__doc__.split("\n\n")[0], RUNS)
 
 
 def shards_of(workdir: Path) -> list[str]:

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from bench.common import (Bench, add_common_args, alpaca_shards, build_mmtune_model, encode_all, ExampleDataset,
-                          fixed_batch_losses, hf_examples, load_samples, measure, mmtune_overrides, PadCollator,
-                          results_path, run_hf, run_mmtune, run_parent, set_threads, training_args,
-                          write_child_result, write_lengths)
+from bench.common import (Bench, alpaca_shards, build_mmtune_model, encode_all, ExampleDataset, fixed_batch_losses,
+                          hf_examples, load_samples, measure, mmtune_overrides, PadCollator, parse_args, results_path,
+                          run_hf, run_mmtune, run_parent, set_threads, training_args, write_child_result,
+                          write_lengths)
 
 TEMPLATE = "chatml"
 LAYER = -2
@@ -37,16 +37,9 @@ BASELINE = "llava"
 
 
 def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser)
-    parser.add_argument("--arch", default="mmtune-vit-small",
-                        help="open_clip architecture the CLIP tower is shaped like (mmtune-vit-small, ViT-B-16, ...)")
-    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
-    args = parser.parse_args()
-    unknown = set(args.runs.split(",")) - set(RUNS)
-    if unknown:
-        parser.error(f"--runs: unknown {sorted(unknown)}; choose from {', '.join(RUNS)}")
-    return args
+    return parse_args(__doc__.split("\n\n")[0], RUNS, lambda parser: parser.add_argument(
+        "--arch", default="mmtune-vit-small",
+        help="open_clip architecture the CLIP tower is shaped like (mmtune-vit-small, ViT-B-16, ...)"))
 
 
 # ---------------------------------------------------------------- data and the shared vision tower

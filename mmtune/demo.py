@@ -84,7 +84,10 @@ def main(args) -> int:
     written = write_demo_shards(data_dir, args.train_samples, args.eval_samples, seed=args.seed,
                                 image_size=image_size, multi_turn=not args.single_turn)
     cfg.data.train, cfg.data.eval = written["train"], written["eval"]
-    callback = accuracy_callback(held_out_questions(written["eval"], args.eval_samples))
+    questions = held_out_questions(written["eval"], args.eval_samples)
+    example = data_dir / "heldout-0.png"
+    questions[0][1].save(example)  # an image to try `mmtune chat` on
+    callback = accuracy_callback(questions)
     callback.cfg = cfg
     shutil.rmtree(out / "run", ignore_errors=True)
     summary = train(cfg, callbacks=[callback])
@@ -93,7 +96,7 @@ def main(args) -> int:
     print(f"\nheld-out accuracy: {before:.3f} before -> {after:.3f} after training "
           f"(chance {written['chance']:.3f}); {minutes:.1f} min")
     print(f"loss curve: {summary['loss_curve']}")
-    print(f"try it: mmtune chat --ckpt {summary['checkpoint']} --image <png> --prompt 'What shape is shown in the image?'")
+    print(f"try it: mmtune chat --ckpt {out / 'run'} --image {example} --prompt 'How many shapes are there?'")
     return 0
 
 

@@ -1,9 +1,13 @@
-"""The built-in demo at reduced size: held-out accuracy must rise well above chance (the full run reaches ~0.9)."""
+"""The built-in demo at reduced size: held-out accuracy must rise well above chance (the full run reaches 0.96),
+and the `mmtune chat` line it prints works."""
 import argparse
 import json
+import shlex
 
 import pytest
 
+from data_builders.synth.shapes import ANSWERS
+from mmtune.cli import main as cli
 from mmtune.demo import add_arguments, main
 
 pytestmark = pytest.mark.slow
@@ -21,3 +25,6 @@ def test_demo_learns_to_see(tmp_path, capsys):
     accuracy = [r["accuracy"] for r in records if "accuracy" in r]
     assert accuracy[0] < 0.3 and accuracy[-1] > 0.45, accuracy  # chance is ~0.25
     assert (tmp_path / "run" / "loss_curve.png").is_file()
+    try_it = next(line for line in out.splitlines() if line.startswith("try it: mmtune chat "))
+    assert cli(shlex.split(try_it.removeprefix("try it: mmtune "))) == 0
+    assert capsys.readouterr().out.strip() in {a for answers in ANSWERS.values() for a in answers}

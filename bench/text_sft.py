@@ -118,7 +118,8 @@ def main() -> None:
         return child(args)
     kinds, notes = args.runs.split(","), []
     if any(k.startswith("trl") for k in kinds) and version_of("trl") is None:
-        notes.append("TRL: skipped, `trl` is not importable here (pip install trl -c requirements/lock.txt)")
+        notes.append("TRL: skipped, `trl` is not importable here "
+                     "(.venv/bin/pip install -e '.[bench]' -c requirements/lock.txt)")
         kinds = [k for k in kinds if not k.startswith("trl")]
     run_parent(BENCH, args, kinds, notes)
 

@@ -72,8 +72,12 @@ def accuracy_callback(questions, batch_size: int = 64):
 def main(args) -> int:
     from data_builders.synth.shapes import write_demo_shards
     from mmtune.config import load_config
+    from mmtune.errors import UserError
     from mmtune.train.trainer import train
 
+    for flag, n in (("--train-samples", args.train_samples), ("--eval-samples", args.eval_samples)):
+        if n < 1:
+            raise UserError(f"{flag}: must be at least 1, got {n}")
     started = time.perf_counter()
     out = Path(args.out)
     cfg = load_config(args.config, [f"train.out_dir={out / 'run'}", *args.overrides])

@@ -53,6 +53,11 @@ def test_build_data_missing_input(capsys, tmp_path):
            "x.json")
 
 
+@pytest.mark.parametrize("flag", ["--train-samples", "--eval-samples"])
+def test_demo_needs_samples(capsys, tmp_path, flag):
+    _fails(capsys, ["demo", "--out", str(tmp_path), flag, "0"], f"{flag}: must be at least 1, got 0")
+
+
 def test_chat_on_a_directory_without_checkpoints(capsys, tmp_path):
     _fails(capsys, ["chat", "--ckpt", str(tmp_path), "--prompt", "hi"], "no checkpoints")
 

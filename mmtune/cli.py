@@ -20,8 +20,6 @@ def _train(args) -> int:
 
 
 def _chat(args) -> int:
-    from PIL import Image
-
     from mmtune.data.media import decode_image
     from mmtune.data.sample import Message
     from mmtune.infer.generate import generate, load_checkpoint
@@ -36,26 +34,25 @@ def _chat(args) -> int:
     if images and model.encoder is None:
         raise UserError(f"--image: the checkpoint {args.ckpt} is text-only (its recipe has no model.encoder)")
     history: list[Message] = []
-    shown: list[Image.Image] = []  # the images of the whole conversation: every turn is answered with them
 
-    def ask(text: str, with_images: list[Image.Image]) -> str:
-        if with_images and "<image>" not in text:
-            text = "<image>\n" * len(with_images) + text
-        if text.count("<image>") != len(with_images):
-            raise UserError(f"the prompt has {text.count('<image>')} <image> placeholder(s) for "
-                            f"{len(with_images)} image(s); give one --image per placeholder (first turn only)")
+    def ask(text: str) -> str:
+        """The images go with the first turn; every turn is answered with them in view."""
+        new_images = [] if history else images
+        if new_images and "<image>" not in text:
+            text = "<image>\n" * len(new_images) + text
+        if (placeholders := text.count("<image>")) != len(new_images):
+            raise UserError(f"the prompt has {placeholders} <image> placeholder(s) for "
+                            f"{len(new_images)} image(s); give one --image per placeholder (first turn only)")
         history.append(Message("user", text))
-        shown.extend(with_images)
-        answer = generate(model, tokenizer, cfg, [list(history)], [shown] if shown else None,
+        answer = generate(model, tokenizer, cfg, [list(history)], [images] if images else None,
                           max_new_tokens=args.max_new_tokens)[0]
         history.append(Message("assistant", answer))
         return answer
 
     if args.prompt is not None:
-        print(ask(args.prompt, images))
+        print(ask(args.prompt))
         return 0
     print("mmtune chat: empty line or Ctrl-D to quit")
-    first = True
     while True:
         try:
             text = input("you> ").strip()
@@ -64,11 +61,9 @@ def _chat(args) -> int:
         if not text:
             break
         try:
-            print("model>", ask(text, images if first else []))
+            print("model>", ask(text))
         except UserError as e:  # a bad turn is not the end of the session
             print(f"error: {e}", file=sys.stderr)
-            continue
-        first = False
     return 0
 
 

@@ -109,6 +109,11 @@ def results_path(args: argparse.Namespace, script: str) -> Path:
 # ---------------------------------------------------------------- data
 
 
+def shards_of(workdir: Path) -> list[str]:
+    """The training shards a benchmark wrote into WORKDIR/shards."""
+    return sorted(str(p) for p in (workdir / "shards").glob("train-*.tar"))
+
+
 def alpaca_shards(source: Path, out_dir: Path) -> list[str]:
     """The Alpaca records as canonical shards, through the project's own builder."""
     from data_builders import build
@@ -458,7 +463,7 @@ class Bench:
 
     script: str  # module name under bench/, for the children
     title: str
-    report_name: str  # bench/results/<report_name>-<model>.txt
+    report_name: Callable[[argparse.Namespace], str]  # bench/results/<report_name(args)>-<model>.txt
     config: dict  # extra settings shown in the report header
     runs: dict[str, str]  # kind -> label in the report
     baseline: str  # the kind the speed-ups are relative to
@@ -467,18 +472,35 @@ class Bench:
     loss_check: Callable[[argparse.Namespace, Path], str]
 
 
+def check_same_settings(args: argparse.Namespace, workdir: Path) -> None:
+    """With --resume, the workdir's data and finished runs are reused only if they were made with the same
+    settings (steps, batch, model, ...); otherwise this says which differ. Records the settings for the next run."""
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("child", "results", "workdir", "resume", "runs", "repeats")}
+    saved = workdir / "settings.json"
+    if args.resume and saved.exists():
+        before = json.loads(saved.read_text())
+        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        if changed:
+            sys.exit(f"--resume: {workdir} holds runs made with other settings ({', '.join(changed)}); "
+                     "run again without --resume or with a fresh --workdir")
+    saved.write_text(json.dumps(settings))
+
+
 def run_parent(bench: Bench, args: argparse.Namespace, kinds: list[str], notes: Iterable[str] = ()) -> None:
     """Header, data (kept with --resume), the loss check, every run in its own child, the table; the report goes
     to bench/results and stdout."""
     set_threads(args.threads)
     temporary = not args.workdir
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix=f"bench-{bench.script}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     args.workdir = str(workdir)
-    report = Report(results_path(args, bench.report_name))
+    report = Report(results_path(args, bench.report_name(args)))
     report.say(f"# {bench.title}")
     report.say()
     for line in [*machine_lines(args.threads), *config_lines(args, bench.config), *notes]:
         report.say(line)
+    check_same_settings(args, workdir)
     if not (args.resume and bench.prepared(workdir)):
         bench.prepare(args, workdir)
     report.say(f"loss check: {bench.loss_check(args, workdir)}")

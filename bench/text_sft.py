@@ -17,8 +17,8 @@ from pathlib import Path
 
 from bench.common import (Bench, alpaca_shards, build_mmtune_model, encode_all, ExampleDataset, fixed_batch_losses,
                           hf_examples, load_samples, measure, mmtune_overrides, PadCollator, parse_args, run_hf,
-                          run_mmtune, run_parent, set_threads, training_args, version_of, write_child_result,
-                          write_lengths)
+                          run_mmtune, run_parent, set_threads, shards_of, training_args, version_of,
+                          write_child_result, write_lengths)
 
 TEMPLATE = "chatml"
 RUNS = {
@@ -33,10 +33,6 @@ BASELINE = "trainer"
 
 def parse() -> argparse.Namespace:
     return parse_args(__doc__.split("\n\n")[0], RUNS)
-
-
-def shards_of(workdir: Path) -> list[str]:
-    return sorted(str(p) for p in (workdir / "shards").glob("train-*.tar"))
 
 
 def peer_and_data(args: argparse.Namespace, workdir: Path):
@@ -107,7 +103,8 @@ def prepare(args: argparse.Namespace, workdir: Path) -> None:
     alpaca_shards(Path(args.data), workdir / "shards")
 
 
-BENCH = Bench(script="text_sft", title="Text SFT throughput: mmtune vs the Hugging Face way", report_name="text_sft",
+BENCH = Bench(script="text_sft", title="Text SFT throughput: mmtune vs the Hugging Face way",
+              report_name=lambda args: "text_sft",
               config={"template": TEMPLATE, "loss": "assistant only"}, runs=RUNS, baseline=BASELINE,
               prepare=prepare, prepared=lambda workdir: bool(shards_of(workdir)), loss_check=loss_check)
 

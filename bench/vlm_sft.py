@@ -24,8 +24,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench.common import (Bench, alpaca_shards, build_mmtune_model, encode_all, ExampleDataset, fixed_batch_losses,
-                          hf_examples, load_samples, measure, mmtune_overrides, PadCollator, parse_args, results_path,
-                          run_hf, run_mmtune, run_parent, set_threads, training_args, write_child_result,
+                          hf_examples, load_samples, measure, mmtune_overrides, PadCollator, parse_args, run_hf,
+                          run_mmtune, run_parent, set_threads, shards_of, training_args, write_child_result,
                           write_lengths)
 
 TEMPLATE = "chatml"
@@ -106,8 +106,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def overrides(args: argparse.Namespace, workdir: Path, out_dir: Path, packing: bool) -> list[str]:
-    shards = sorted(str(p) for p in (workdir / "shards").glob("train-*.tar"))
-    return mmtune_overrides(args, shards, out_dir, packing) + [
+    return mmtune_overrides(args, shards_of(workdir), out_dir, packing) + [
         "model.encoder.name=hf_clip", f"model.encoder.args.path={workdir / 'clip'}", f"model.encoder.args.layer={LAYER}",
         "model.encoder.args.tokens=patch", "model.bridge.name=mlp2x_gelu", "tuning.encoder=frozen", "tuning.bridge=full"]
 
@@ -197,9 +196,10 @@ def loss_check(args: argparse.Namespace, workdir: Path) -> str:
             f"~{1 / len(tokenizer):.0e}); {model.media_tokens['image']} positions per image")
 
 
-BENCH = Bench(script="vlm_sft", title="LLaVA-style SFT throughput: mmtune vs LlavaForConditionalGeneration + Trainer",
-              report_name="vlm_sft", config={"template": TEMPLATE, "vision_layer": LAYER, "bridge": "mlp2x_gelu",
-                                             "tower": "frozen"},
+BENCH = Bench(script="vlm_sft",
+              title="LLaVA-style SFT throughput: mmtune vs LlavaForConditionalGeneration + Trainer",
+              report_name=lambda args: f"vlm_sft-{args.arch}",
+              config={"template": TEMPLATE, "vision_layer": LAYER, "bridge": "mlp2x_gelu", "tower": "frozen"},
               runs=RUNS, baseline=BASELINE, prepare=prepare, prepared=lambda workdir: (workdir / "clip").is_dir(),
               loss_check=loss_check)
 
@@ -208,7 +208,6 @@ def main() -> None:
     args = parse()
     if args.child:
         return child(args)
-    args.results = args.results or str(results_path(args, f"vlm_sft-{args.arch}"))
     run_parent(BENCH, args, args.runs.split(","))
 
 

@@ -1,14 +1,15 @@
 """mmtune: instruction tuning of language models, text-only and multimodal, from one YAML file.
 
     import mmtune
-    cfg = mmtune.load_config("configs/text/alpaca_lora.yaml", ["train.steps=50"])
+    cfg = mmtune.load_config("configs/text/alpaca_smollm2_lora.yaml", ["train.steps=50"])  # names checked too
     result = mmtune.finetune(cfg)
 
 (`finetune`, not `train`: `mmtune.train` is the package holding the loop.)
 Heavy libraries (transformers, open_clip, peft) are imported on first use, so the CLI starts fast.
 """
-from mmtune.config import RunConfig, load_config
+from mmtune.config import RunConfig
 from mmtune.errors import ConfigError, DataError, UserError
+from mmtune.recipe import load_recipe as load_config
 
 __version__ = "0.1.0"
 

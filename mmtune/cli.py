@@ -8,12 +8,15 @@ import sys
 
 from mmtune.errors import UserError
 
+DESCRIPTION = ("Instruction tuning of language models, text-only and multimodal, from one YAML file: build data "
+               "shards, train a recipe, chat with and export the result, or run the built-in demo.")
+
 
 def _train(args) -> int:
-    from mmtune.config import load_config
+    from mmtune.recipe import load_recipe
     from mmtune.train.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_recipe(args.config, args.overrides)
     summary = train(cfg, resume=args.resume if args.resume is not None else False)
     print(f"loss curve: {summary['loss_curve']}\ncheckpoint: {summary['checkpoint']}")
     return 0
@@ -86,7 +89,7 @@ def _demo(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmtune", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="mmtune", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train from a YAML recipe")
     t.add_argument("config", help="recipe YAML (see configs/)")

@@ -21,8 +21,11 @@ from mmtune.errors import ConfigError
 @dataclass
 class LoraConfig:
     r: int = 8
+    """Rank of the low-rank update."""
     alpha: int = 16
+    """Scale numerator: the update is multiplied by alpha / r."""
     dropout: float = 0.05
+    """Dropout on the LoRA branch's input."""
     target_modules: Any = "all-linear"
     """peft target modules: a list of module names, or 'all-linear'."""
 
@@ -31,7 +34,9 @@ class LoraConfig:
 class ComponentConfig:
     """A registry entry and its arguments, e.g. `{name: clip, args: {arch: mmtune-vit-tiny}}`."""
     name: str = ""
+    """Registry key (checked when the recipe is loaded, with the closest known name suggested)."""
     args: dict = field(default_factory=dict)
+    """Keyword arguments of that component; unknown keys are refused with the valid ones."""
 
 
 @dataclass
@@ -58,10 +63,15 @@ TUNING_MODES = ("frozen", "full", "lora", "bitfit")
 
 @dataclass
 class TuningConfig:
+    """Which parameters of each part train: frozen, full, lora (peft adapters) or bitfit (biases only)."""
     llm: Literal["frozen", "full", "lora", "bitfit"] = "full"
+    """The language model."""
     encoder: Literal["frozen", "full", "lora", "bitfit"] = "frozen"
+    """The media encoder (LLaVA keeps it frozen)."""
     bridge: Literal["frozen", "full", "lora", "bitfit"] = "full"
+    """The bridge from encoder features to LLM embeddings."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    """Settings for every part tuned with lora."""
 
 
 @dataclass
@@ -83,8 +93,11 @@ class DataConfig:
     group_by_length: bool = True
     """Without packing: batch samples of similar length (and the same modality) together."""
     shuffle: bool = True
+    """Shuffle shards and samples, reproducibly for (train.seed, epoch); eval data is never shuffled."""
     shuffle_buffer: int = 1000
+    """Samples (references, not bytes) held for shuffling; more mixes better across shard boundaries."""
     num_workers: int = 0
+    """DataLoader worker processes for decoding; 0 decodes in the trainer (fastest on few cores)."""
     on_error: Literal["raise", "skip"] = "raise"
     """Bad samples (corrupt media, placeholder mismatch): raise naming the sample, or skip and count."""
 
@@ -96,34 +109,52 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     objective: str = "sft"
+    """Key in OBJECTIVES: what the loss is."""
     steps: int = 100
-    """Optimizer steps."""
+    """Optimizer steps (ignored when train.epochs is set)."""
+    epochs: float = 0.0
+    """When > 0: passes over data.train instead of train.steps; the steps are derived from the data size at the
+    start of the run (packed: from the packed batches of one epoch) and logged."""
     batch_size: int = 8
     """Rows per micro-batch (packed rows when data.packing)."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step; gradients are weighted by supervised tokens across all of them."""
     lr: float = 2e-4
+    """Peak learning rate (AdamW), reached after the warm-up."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
     warmup: int = 10
     """Linear warm-up steps before the cosine decay."""
     min_lr_ratio: float = 0.1
+    """The cosine decays to lr * min_lr_ratio at the last step."""
     precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocast (GPUs); fp32 on CPUs, where bf16 matmuls are often far slower."""
     clip: float = 1.0
     """Gradient-norm clipping; 0 disables."""
     max_bad_steps: int = 10
     """Steps with a NaN/inf loss or gradient are skipped and counted; abort after this many."""
     seed: int = 0
+    """Seeds weights of parts built from scratch, LoRA init and dropout, and the data order."""
     log_every: int = 10
+    """Steps between metrics.jsonl records (step 1 and the last step are always logged)."""
     eval_every: int = 50
+    """Steps between evaluations (eval loss, sample generations, callbacks) and loss-curve plots."""
     eval_batches: int = 20
+    """Batches of data.eval scored per evaluation."""
     save_every: int = 100
+    """Steps between checkpoints (the last step is always saved)."""
     keep_last: int = 2
+    """Checkpoints kept; older ones are deleted after a new one is complete."""
     out_dir: str = "runs/default"
+    """Run directory: config.yaml, metrics.jsonl, samples.jsonl, train.log, loss_curve.png, checkpoints/."""
     sample_prompts: list[str] = field(default_factory=list)
     """Prompts generated from at every eval, written to the log (users look before they read)."""
     sparse_lm_head: bool = True
     """Apply the LM head only where a label is supervised (same loss, far fewer FLOPs and less memory)."""
 
     def __post_init__(self):
+        if self.epochs < 0:
+            raise ConfigError(f"train.epochs must be >= 0, got {self.epochs}")
         for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "save_every", "keep_last"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
@@ -133,10 +164,15 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    """A whole recipe: what to build, what to tune, which data, how to train."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The LLM, and the encoder and bridge for media."""
     tuning: TuningConfig = field(default_factory=TuningConfig)
+    """What trains in each part."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Shards, template, lengths, packing, error policy."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, schedule, logging, evaluation, checkpoints."""
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
@@ -171,6 +207,41 @@ def apply_override(raw: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
 
 
+FOREIGN_KEYS = {
+    "max_steps": "train.steps", "num_train_epochs": "train.epochs", "learning_rate": "train.lr",
+    "per_device_train_batch_size": "train.batch_size", "train_batch_size": "train.batch_size",
+    "micro_batch_size": "train.batch_size", "gradient_accumulation_steps": "train.grad_accum",
+    "warmup_steps": "train.warmup", "max_grad_norm": "train.clip", "output_dir": "train.out_dir",
+    "logging_steps": "train.log_every", "eval_steps": "train.eval_every", "save_steps": "train.save_every",
+    "save_total_limit": "train.keep_last", "bf16": "train.precision",
+    "max_seq_length": "data.max_len", "max_length": "data.max_len", "cutoff_len": "data.max_len",
+    "sequence_len": "data.max_len", "dataloader_num_workers": "data.num_workers",
+    "lora_r": "tuning.lora.r", "lora_rank": "tuning.lora.r", "lora_alpha": "tuning.lora.alpha",
+    "lora_dropout": "tuning.lora.dropout", "lora_target": "tuning.lora.target_modules",
+    "model_name_or_path": "model.llm", "base_model": "model.llm", "vision_tower": "model.encoder",
+    "mm_projector_type": "model.bridge", "template": "data.template", "chat_template": "data.template",
+}
+"""Names users bring from the Hugging Face Trainer, LLaVA, LLaMA-Factory and Axolotl -> mmtune's dotted key."""
+
+
+def _suggest(key: str, names: list[str], prefix: str) -> str:
+    """`; did you mean ...?` from the foreign-name table first, then the closest valid key of this section."""
+    if key in FOREIGN_KEYS and FOREIGN_KEYS[key] != f"{prefix}{key}":
+        return f"; did you mean {FOREIGN_KEYS[key]}? (mmtune's name for {key})"
+    close = difflib.get_close_matches(key, names, n=1)
+    return f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+
+
+def check_choice(name: str, choices, key: str, extra: str = "", shown_prefix: str = "") -> None:
+    """Raise ConfigError unless `name` is one of `choices` (a registry), naming the key and the closest choice."""
+    if name in choices:
+        return
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    hint = f"; did you mean {shown_prefix}{close[0]}?" if close else ""
+    known = ", ".join(shown_prefix + c for c in choices) + (f", {extra}" if extra else "")
+    raise ConfigError(f"{key}: unknown name {shown_prefix + name!r}{hint} (known: {known})")
+
+
 def from_dict(cls, raw: Any, where: str = "config", prefix: str = ""):
     """Build dataclass `cls` from a dict, rejecting unknown keys (with the closest valid one) and wrong types."""
     if raw is None:
@@ -182,9 +253,7 @@ def from_dict(cls, raw: Any, where: str = "config", prefix: str = ""):
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"{where}: unknown key {prefix}{key}{hint}")
+            raise ConfigError(f"{where}: unknown key {prefix}{key}{_suggest(str(key), names, prefix)}")
         kwargs[key] = _coerce(value, hints[key], where, f"{prefix}{key}")
     try:
         return cls(**kwargs)

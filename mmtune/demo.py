@@ -7,16 +7,19 @@ training, next to chance, with the path of the loss-curve PNG.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO / "configs" / "demo" / "vlm_tiny.yaml"
+DEFAULT_CONFIG = "demo/vlm_tiny.yaml"
+"""A recipe shipped inside the package (mmtune/configs/), found wherever mmtune is installed."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="demo recipe (default: %(default)s)")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help="demo recipe: a YAML file, or one shipped with mmtune (default: %(default)s)")
     p.add_argument("--out", default="runs/demo", help="where data and the run go (replaced)")
     p.add_argument("--train-samples", type=int, default=4000)
     p.add_argument("--eval-samples", type=int, default=200, help="held-out questions scored for accuracy")
@@ -71,7 +74,7 @@ def accuracy_callback(questions, batch_size: int = 64):
 
 def main(args) -> int:
     from data_builders.synth.shapes import write_demo_shards
-    from mmtune.config import load_config
+    from mmtune.recipe import load_recipe
     from mmtune.errors import UserError
     from mmtune.train.trainer import train
 
@@ -80,7 +83,7 @@ def main(args) -> int:
             raise UserError(f"{flag}: must be at least 1, got {n}")
     started = time.perf_counter()
     out = Path(args.out)
-    cfg = load_config(args.config, [f"train.out_dir={out / 'run'}", *args.overrides])
+    cfg = load_recipe(args.config, [f"train.out_dir={out / 'run'}", *args.overrides])
     data_dir = out / "data"
     shutil.rmtree(data_dir, ignore_errors=True)
     image_size = _encoder_image_size(cfg)
@@ -100,8 +103,20 @@ def main(args) -> int:
     print(f"\nheld-out accuracy: {before:.3f} before -> {after:.3f} after training "
           f"(chance {written['chance']:.3f}); {minutes:.1f} min")
     print(f"loss curve: {summary['loss_curve']}")
-    print(f"try it: mmtune chat --ckpt {out / 'run'} --image {example} --prompt 'How many shapes are there?'")
+    print(f"try it: {mmtune_command()} chat --ckpt {out / 'run'} --image {example} --prompt 'How many shapes are there?'")
     return 0
+
+
+def mmtune_command() -> str:
+    """How to call mmtune from this shell: `mmtune` when it is on PATH, else the venv's script (`.venv/bin/mmtune`
+    after `make demo`), else `python -m mmtune.cli` with this interpreter."""
+    script = Path(sys.executable).parent / "mmtune"
+    on_path = shutil.which("mmtune")
+    if on_path and script.exists() and Path(on_path).resolve() == script.resolve():
+        return "mmtune"
+    if script.exists():
+        return os.path.relpath(script) if not os.path.relpath(script).startswith("../..") else str(script)
+    return f"{sys.executable} -m mmtune.cli"
 
 
 def _encoder_image_size(cfg) -> int:

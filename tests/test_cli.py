@@ -73,3 +73,23 @@ def test_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.template=chatm", "data.template: unknown name 'chatm'; did you mean chatml?"),
+    ("train.objective=sftt", "train.objective: unknown name 'sftt'; did you mean sft?"),
+    ("model.llm=smolm2-135m", "model.llm: no such model 'smolm2-135m'"),
+])
+def test_registry_names_fail_at_load_time_even_with_workers(capsys, tmp_path, override, message):
+    """Checked when the recipe loads: one line, not a DataLoader worker's traceback at the first sample."""
+    shards = write_text_shards(tmp_path / "d", 8)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{train: {shards}, num_workers: 2}}\ntrain: {{out_dir: {tmp_path}/r}}\n")
+    _fails(capsys, ["train", str(cfg), override], message)
+    assert not (tmp_path / "r").exists()  # nothing was started
+
+
+def test_names_from_other_trainers_are_understood(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: {max_steps: 10}\n")
+    _fails(capsys, ["train", str(cfg)], "unknown key train.max_steps; did you mean train.steps?")

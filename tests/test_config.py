@@ -1,8 +1,11 @@
 """Config loading: typed fields, dotted overrides, errors that name the file and key; every recipe validates."""
+import ast
+import re
 from pathlib import Path
 
 import pytest
 
+import mmtune.config
 from mmtune.config import ConfigError, load_config, save_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
@@ -58,3 +61,26 @@ def test_bad_file_names_the_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="config file not found: .*missing.yaml"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("key, ours", [
+    ("train.max_steps", "train.steps"), ("train.learning_rate", "train.lr"),
+    ("train.per_device_train_batch_size", "train.batch_size"), ("train.gradient_accumulation_steps", "train.grad_accum"),
+    ("train.num_train_epochs", "train.epochs"), ("data.max_seq_length", "data.max_len"),
+    ("train.cutoff_len", "data.max_len"), ("tuning.lora_r", "tuning.lora.r"),
+])
+def test_names_from_other_tools_suggest_ours(key, ours):
+    with pytest.raises(ConfigError, match=rf"unknown key {re.escape(key)}; did you mean {re.escape(ours)}\?"):
+        load_config(None, [f"{key}=1"])
+
+
+def test_every_config_field_is_documented():
+    """Each field of the schema carries a docstring (the README sends readers to config.py for them)."""
+    tree = ast.parse(Path(mmtune.config.__file__).read_text())
+    missing = []
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        for field, after in zip(cls.body, cls.body[1:] + [None]):
+            documented = isinstance(after, ast.Expr) and isinstance(getattr(after, "value", None), ast.Constant)
+            if isinstance(field, ast.AnnAssign) and not documented:
+                missing.append(f"{cls.name}.{field.target.id}")
+    assert not missing, missing

@@ -3,6 +3,7 @@ and the `mmtune chat` line it prints works."""
 import argparse
 import json
 import shlex
+import shutil
 
 import pytest
 
@@ -25,6 +26,8 @@ def test_demo_learns_to_see(tmp_path, capsys):
     accuracy = [r["accuracy"] for r in records if "accuracy" in r]
     assert accuracy[0] < 0.3 and accuracy[-1] > 0.45, accuracy  # chance is ~0.25
     assert (tmp_path / "run" / "loss_curve.png").is_file()
-    try_it = next(line for line in out.splitlines() if line.startswith("try it: mmtune chat "))
-    assert cli(shlex.split(try_it.removeprefix("try it: mmtune "))) == 0
+    try_it = next(line for line in out.splitlines() if line.startswith("try it: "))
+    command, arguments = try_it.removeprefix("try it: ").split(" chat ", 1)
+    assert shutil.which(shlex.split(command)[0]), f"{command!r} is not a command this shell can run"
+    assert cli(["chat", *shlex.split(arguments)]) == 0
     assert capsys.readouterr().out.strip() in {a for answers in ANSWERS.values() for a in answers}

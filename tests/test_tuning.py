@@ -1,4 +1,4 @@
-"""mmtune.tuning: each mode trains exactly the parameters it should, and LoRA adapters round-trip through peft."""
+"""mmtune.models.tuning: each mode trains exactly the parameters it should, and LoRA adapters round-trip through peft."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +12,7 @@ from torch import nn
 from mmtune.config import TUNING_MODES, LoraConfig
 from mmtune.errors import ConfigError
 from mmtune.models.llm import load_llm
-from mmtune.tuning import TUNING, apply_tuning, count_parameters, save_adapter, trainable_state_dict
+from mmtune.models.tuning import TUNING, apply_tuning, count_parameters, save_adapter, trainable_state_dict
 
 
 def _tiny(name: str) -> nn.Module:

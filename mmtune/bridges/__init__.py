@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 
 from mmtune.bridges.projector import LinearProjector, MLPProjector
-from mmtune.config import ComponentConfig
+from mmtune.config import ComponentConfig, check_choice
 from mmtune.errors import ConfigError
 
 
@@ -33,15 +33,18 @@ BRIDGES: dict[str, type] = {
 MLP_NAME = re.compile(r"mlp([1-9][0-9]*)x_gelu")
 
 
-def build_bridge(cfg: ComponentConfig, in_dim: int, out_dim: int) -> Bridge:
-    """The bridge `cfg.name` from encoder width `in_dim` to LLM width `out_dim`; ConfigError names the bad key."""
-    mlp = MLP_NAME.fullmatch(cfg.name)
-    if cfg.name not in BRIDGES and not mlp:
-        raise ConfigError(f"model.bridge.name: unknown bridge {cfg.name!r}; known: {', '.join(BRIDGES)}, "
-                          "or mlp<N>x_gelu for any N")
+def check_bridge(cfg: ComponentConfig) -> None:
+    """A known name (or mlp<N>x_gelu) and no arguments; ConfigError names the bad `model.bridge.*` key."""
+    if not MLP_NAME.fullmatch(cfg.name):
+        check_choice(cfg.name, BRIDGES, "model.bridge.name", extra="or mlp<N>x_gelu for any N")
     if cfg.args:
         raise ConfigError(f"model.bridge.args.{next(iter(cfg.args))}: unknown argument; {cfg.name} takes none "
                           "(its widths come from the encoder and the LLM)")
-    if mlp:
+
+
+def build_bridge(cfg: ComponentConfig, in_dim: int, out_dim: int) -> Bridge:
+    """The bridge `cfg.name` from encoder width `in_dim` to LLM width `out_dim`; ConfigError names the bad key."""
+    check_bridge(cfg)
+    if mlp := MLP_NAME.fullmatch(cfg.name):
         return MLPProjector(in_dim, out_dim, depth=int(mlp[1]))
     return BRIDGES[cfg.name](in_dim, out_dim)

@@ -48,14 +48,19 @@ class Batcher:
         self.window = window if group_by_length and not packing else 1
         self.on_error, self.seed = on_error, seed
         self.counts: Counter[str] = Counter()
+        """`skipped_<reason>` and `truncated` sample counts; saved in checkpoints, logged in metrics.jsonl."""
+        self._recounting = False
+        """True while a resumed window is read again: its items were counted before the checkpoint."""
 
-    def _valid(self, items: Iterator[Item], count: bool) -> Iterator[Item]:
+    def _valid(self, items: Iterator[Item]) -> Iterator[Item]:
         for item in items:
             if item.error is None:
+                if item.value.get("truncated") and not self._recounting:
+                    self.counts["truncated"] += 1
                 yield item
             elif item.reason == "bad_shard" or (self.on_error == "raise" and item.reason == "bad_sample"):
                 raise DataError(item.error)
-            elif count:
+            elif not self._recounting:
                 self.counts[f"skipped_{item.reason}"] += 1
 
     def __call__(self, items: Iterator[Item], state: DataState) -> Iterator[tuple[list[Row], DataState]]:
@@ -69,12 +74,13 @@ class Batcher:
         start, skip = state.start, state.skip_batches
         window: list[Item] = []
         last = start - 1
-        for item in self._valid(items, count=skip == 0):
+        self._recounting = skip > 0  # a window is read whole before its first batch, so it was counted then
+        for item in self._valid(items):
             window.append(item)
             last = item.index
             if len(window) == size:
                 yield from self._emit_window(window, state.epoch, start, last + 1, skip)
-                window, start, skip = [], last + 1, 0
+                window, start, skip, self._recounting = [], last + 1, 0, False
         if window:
             yield from self._emit_window(window, state.epoch, start, last + 1, skip)
 
@@ -98,7 +104,8 @@ class Batcher:
     def _packed(self, items: Iterator[Item], state: DataState) -> Iterator[tuple[list[Row], DataState]]:
         rows: list[Row] = []
         lengths: list[int] = []
-        for item in self._valid(items, count=True):
+        self._recounting = False
+        for item in self._valid(items):
             n = len(item.value["input_ids"])
             fit = next((r for r, used in enumerate(lengths) if used + n <= self.max_len), None)
             if fit is None and len(rows) == self.batch_size:

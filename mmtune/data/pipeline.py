@@ -32,7 +32,7 @@ class SampleEncoder:
     seq2seq: bool = False
 
     def __call__(self, sample: Sample) -> dict:
-        where = f"sample {sample.id!r} ({sample.source or 'unknown source'})"
+        where = sample.where
         fn = encode_seq2seq if self.seq2seq else encode
         enc = fn(sample.messages, self.tokenizer, self.template, system_prompt=self.system_prompt,
                  media_tokens=self.media_tokens or None, max_len=None if self.overlong == "error" else self.max_len,

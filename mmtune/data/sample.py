@@ -41,6 +41,14 @@ class Sample:
     target: Media | None = None
     data: dict[str, bytes] = field(default_factory=dict, repr=False)
     """Member name -> bytes for every media item (not part of the JSON)."""
+    origin: str = ""
+    """Where it was read from (shard path and tar key; not part of the JSON), so later errors can name the file."""
+
+    @property
+    def where(self) -> str:
+        """How errors name this sample: its shard and key when read from one, its id and source always."""
+        place = f"{self.origin} " if self.origin else ""
+        return f"{place}sample {self.id!r} ({self.source or 'unknown source'})"
 
     def to_json(self) -> dict:
         out = {"id": self.id, "source": self.source, "task": self.task,

@@ -168,7 +168,10 @@ def read_sample(ref: Ref) -> Sample:
         obj = json.loads(data.pop("json"))
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: malformed JSON ({e})") from None
-    return Sample.from_json(obj, data, where=f"{where} id {obj.get('id', '?')!r}")
+    sample_id = obj.get("id", "?") if isinstance(obj, dict) else "?"
+    sample = Sample.from_json(obj, data, where=f"{where} id {sample_id!r}")
+    sample.origin = where
+    return sample
 
 
 def count_samples(shards: list[str]) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import TYPE_CHECKING, Protocol, Sequence
 
+from mmtune.config import check_choice
 from mmtune.data.sample import PLACEHOLDER_RE, PLACEHOLDERS, ROLES, Message
 from mmtune.errors import ConfigError, DataError
 
@@ -212,8 +213,7 @@ TEMPLATES: dict[str, Template] = {
 
 
 def get_template(name: str) -> Template:
-    if name not in TEMPLATES:
-        raise ConfigError(f"unknown template {name!r}; known: {', '.join(TEMPLATES)}")
+    check_choice(name, TEMPLATES, "data.template")
     return TEMPLATES[name]
 
 

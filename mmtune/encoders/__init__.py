@@ -10,9 +10,8 @@ from typing import Callable, Protocol
 import torch
 from PIL import Image
 
-from mmtune.config import ComponentConfig, from_dict
+from mmtune.config import ComponentConfig, check_choice, from_dict
 from mmtune.encoders.clip import HFClipEncoder, OpenClipEncoder
-from mmtune.errors import ConfigError
 
 
 class Encoder(Protocol):
@@ -39,7 +38,15 @@ ENCODERS: dict[str, type] = {
 
 def build_encoder(cfg: ComponentConfig) -> Encoder:
     """The encoder `cfg.name` built from `cfg.args`; ConfigError names the bad `model.encoder.*` key."""
-    if cfg.name not in ENCODERS:
-        raise ConfigError(f"model.encoder.name: unknown encoder {cfg.name!r}; known: {', '.join(ENCODERS)}")
-    cls = ENCODERS[cfg.name]
-    return cls(from_dict(cls.Args, cfg.args, where=f"encoder {cfg.name!r}", prefix="model.encoder.args."))
+    return encoder_class(cfg)(encoder_args(cfg))
+
+
+def encoder_class(cfg: ComponentConfig) -> type:
+    check_choice(cfg.name, ENCODERS, "model.encoder.name")
+    return ENCODERS[cfg.name]
+
+
+def encoder_args(cfg: ComponentConfig, where: str = ""):
+    """`model.encoder.args` as the encoder's typed Args; unknown or mistyped keys are named."""
+    return from_dict(encoder_class(cfg).Args, cfg.args, where=where or f"encoder {cfg.name!r}",
+                     prefix="model.encoder.args.")

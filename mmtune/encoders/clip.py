@@ -8,6 +8,7 @@ Nothing is downloaded: weights come from local files only.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import logging
@@ -114,16 +115,46 @@ def _create_open_clip(arch: str, pretrained: str) -> tuple[nn.Module, Callable[[
         raise ConfigError(f"model.encoder.args.pretrained: no file {pretrained} (local weights only; nothing is "
                           "downloaded)")
     try:
-        model, _, transform = open_clip.create_model_and_transforms(
-            arch,
-            pretrained=str(Path(pretrained).resolve()) if pretrained else None,  # an absolute path is never a tag
-            force_patch_dropout=0.0,  # dropped patches would change N, which the LLM row layout relies on
-            pretrained_text=False)
+        with _quiet_random_init_warning():
+            model, _, transform = open_clip.create_model_and_transforms(
+                arch,
+                pretrained=str(Path(pretrained).resolve()) if pretrained else None,  # a path is never a tag
+                force_patch_dropout=0.0,  # dropped patches would change N, which the LLM row layout relies on
+                pretrained_text=False)
     except Exception as e:  # torch, safetensors and open_clip each raise their own types for a bad file
         if not pretrained:
             raise
         raise ConfigError(f"model.encoder.args.pretrained: cannot load {pretrained} into {arch}: {e}") from e
+    if not pretrained:
+        _say_random_init(arch)
     return model, transform
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning():
+    """open_clip warns through `logging.warning` each time a tower is built without weights (which also installs a
+    root handler as a side effect); mmtune says it once, in its own words."""
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    placeholder = logging.NullHandler() if not root.handlers else None  # keeps logging.warning from configuring
+    if placeholder:
+        root.addHandler(placeholder)
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if placeholder:
+            root.removeHandler(placeholder)
+
+
+@functools.cache
+def _say_random_init(arch: str) -> None:
+    logging.getLogger("mmtune").warning(
+        f"model.encoder: {arch} starts from random weights (model.encoder.args.pretrained is empty); intended for "
+        f"towers trained from scratch or kept random, like the demo's")
 
 
 class _Tower(NamedTuple):

@@ -17,8 +17,7 @@ from mmtune.errors import ConfigError
 
 def load_checkpoint(path: str | Path):
     """A checkpoint directory, or a run directory (its newest checkpoint) -> (model, tokenizer, cfg)."""
-    from mmtune.models.build import build_model, load_weights
-    from mmtune.train.checkpoint import list_checkpoints
+    from mmtune.models.build import build_model, list_checkpoints, load_weights
 
     path = Path(path)
     if not (path / "config.yaml").is_file() or not (path / "model.safetensors").is_file():

@@ -16,7 +16,7 @@ def build_model(cfg: RunConfig):
     from mmtune.encoders import build_encoder
     from mmtune.models.llm import load_llm
     from mmtune.models.multimodal_lm import MultimodalLM
-    from mmtune.tuning import apply_tuning
+    from mmtune.models.tuning import apply_tuning
 
     torch.manual_seed(cfg.train.seed)  # parts built from scratch get the same init on every run and rank
     llm, tokenizer = load_llm(cfg.model.llm, tokenizer=cfg.model.tokenizer)
@@ -76,3 +76,15 @@ def load_weights(model, ckpt: Path, field: str = "checkpoint") -> list[str]:
         raise ConfigError(f"{field}: shape mismatch for {bad[:3]} ({state[bad[0]].shape} vs {own[bad[0]].shape})")
     model.load_state_dict(state, strict=False)
     return list(state)
+
+
+PREFIX = "step-"
+"""Checkpoint directories are `run_dir/checkpoints/step-NNNNNN`; `.tmp-step-*` ones are incomplete and never listed."""
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (training writes them, inference and resume read them)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))

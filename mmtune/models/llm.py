@@ -15,6 +15,7 @@ from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
+from mmtune.config import check_choice
 from mmtune.errors import ConfigError
 from mmtune.models.weights import WEIGHTS, cache_dir, gguf_to_hf, resolve
 
@@ -129,9 +130,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _build_tiny(name: str, tok: PreTrainedTokenizerBase, dtype: torch.dtype) -> PreTrainedModel:
-    if name not in TINY:
-        raise ConfigError(f"model.llm: unknown tiny model {TINY_PREFIX}{name}; known: "
-                          f"{', '.join(TINY_PREFIX + n for n in TINY)}")
+    check_choice(name, TINY, "model.llm", shown_prefix=TINY_PREFIX)
     kwargs = dict(TINY[name])
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     config = AutoConfig.for_model(kwargs.pop("model_type"), vocab_size=len(tok), **ids, **kwargs)

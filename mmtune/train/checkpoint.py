@@ -18,9 +18,7 @@ from safetensors.torch import save_file
 
 from mmtune.config import RunConfig, save_config
 from mmtune.errors import ConfigError
-from mmtune.models.build import load_weights, weights_to_save
-
-PREFIX = "step-"
+from mmtune.models.build import PREFIX, list_checkpoints, load_weights, weights_to_save
 
 
 def rng_state() -> dict:
@@ -73,13 +71,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
 def find(resume: str | bool, run_dir: Path) -> Path | None:

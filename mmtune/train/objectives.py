@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from mmtune.errors import ConfigError
+from mmtune.config import check_choice
 
 
 @dataclass
@@ -43,6 +43,5 @@ OBJECTIVES = {"sft": sft}
 
 
 def get_objective(name: str):
-    if name not in OBJECTIVES:
-        raise ConfigError(f"train.objective: unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
+    check_choice(name, OBJECTIVES, "train.objective")
     return OBJECTIVES[name]

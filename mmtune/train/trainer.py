@@ -16,7 +16,7 @@ from tqdm import tqdm
 from mmtune.config import RunConfig, save_config
 from mmtune.data.packing import Batcher, DataState, padding_fraction
 from mmtune.data.pipeline import SampleEncoder, iterate_batches
-from mmtune.data.shards import expand_shards
+from mmtune.data.shards import count_samples, expand_shards
 from mmtune.errors import ConfigError, TrainingError
 from mmtune.train import checkpoint
 from mmtune.train.objectives import get_objective
@@ -66,6 +66,17 @@ def make_batches(cfg: RunConfig, shards: list[str], encoder: SampleEncoder, pad_
     it = iterate_batches(shards, encoder, batcher, pad_id, state, seed=cfg.train.seed, shuffle=d.shuffle and train,
                          shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers, epochs=None if train else 1)
     return it, batcher
+
+
+def steps_for_epochs(cfg: RunConfig, shards: list[str], encoder: SampleEncoder, pad_id: int) -> int:
+    """`train.epochs` as optimizer steps: samples / (batch x accumulation), or with packing the packed batches of
+    the first epoch (packing decides how many samples a row holds), rounded up."""
+    if cfg.data.packing and not encoder.seq2seq:
+        batches, _ = make_batches(cfg, shards, encoder, pad_id, DataState(), train=False)
+        per_epoch = sum(1 for _ in tqdm(batches, desc="counting packed batches for train.epochs", leave=False))
+    else:
+        per_epoch = math.ceil(count_samples(shards) / cfg.train.batch_size)
+    return max(1, math.ceil(cfg.train.epochs * per_epoch / cfg.train.grad_accum))
 
 
 def to_device(batch: dict, dev: torch.device) -> dict:
@@ -139,6 +150,10 @@ def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("tuning: every part is frozen, nothing to train (set tuning.llm/bridge to lora or full)")
+    encoder = sample_encoder(cfg, model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if cfg.train.epochs:  # before the schedule, which is laid out over train.steps
+        cfg.train.steps = steps_for_epochs(cfg, train_shards, encoder, pad_id)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = cosine_with_warmup(optimizer, cfg.train)
     state = {"step": 0, "data": asdict(DataState()), "counts": {}, "bad_steps": 0, "tokens": 0, "samples": 0}
@@ -147,8 +162,6 @@ def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
         state = checkpoint.load(ckpt, model, optimizer, scheduler)
     save_config(cfg, run_dir / "config.yaml")
     log = RunLog(run_dir, resume_step=state["step"] if ckpt is not None else None)
-    encoder = sample_encoder(cfg, model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches, batcher = make_batches(cfg, train_shards, encoder, pad_id, DataState(**state["data"]), train=True)
     batcher.counts.update(state["counts"])
     return Run(cfg, model, tokenizer, params, optimizer, scheduler, state, log, batches, batcher, encoder, pad_id,
@@ -160,6 +173,8 @@ def announce(run: Run) -> None:
     total = sum(p.numel() for p in run.model.parameters())
     where = f"resumed from {run.resumed_from}" if run.resumed_from else f"run dir {run.cfg.train.out_dir}"
     run.log.say(f"mmtune: {run.cfg.model.llm} | trainable {trainable:,} / {total:,} params | {where}")
+    if run.cfg.train.epochs:
+        run.log.say(f"train.epochs={run.cfg.train.epochs:g}: {run.cfg.train.steps} optimizer steps")
     if run.cfg.train.precision == "bf16" and (ratio := slow_cpu_bf16()) > 1.5:
         run.log.say(f"warning: bf16 matmul is {ratio:.0f}x slower than fp32 on this CPU and torch build; "
                     "train.precision=fp32 will be faster here")
@@ -254,6 +269,13 @@ def train(cfg: RunConfig, resume: str | bool = False, callbacks: list | None = N
     return finish(run)
 
 
+def describe_counts(counts: dict) -> str:
+    """The end-of-run line about samples that did not train as written (truncated, or skipped and why)."""
+    if not counts:
+        return "every sample trained whole (none truncated or skipped)"
+    return ", ".join(f"{name.replace('_', ' ', 1)} {n}" for name, n in sorted(counts.items()))
+
+
 def finish(run: Run) -> dict:
     curve = run.log.plot()
     summary = {"run_dir": run.cfg.train.out_dir, "step": run.state["step"], "loss_curve": str(curve),
@@ -262,4 +284,5 @@ def finish(run: Run) -> dict:
     for cb in run.callbacks:
         summary.update(cb("end", step=run.state["step"], model=run.model, tokenizer=run.tokenizer, log=run.log) or {})
     run.log.say(f"done: {run.state['step']} steps; loss curve {curve}; checkpoint {summary['checkpoint']}")
+    run.log.say(f"data: {describe_counts(run.state['counts'])}")
     return summary

@@ -125,8 +125,8 @@ def test_placeholder_without_media_tokens_is_an_error(template, smol_tokenizer):
 
 
 def test_unknown_template_lists_the_registry(llama_like):
-    with pytest.raises(ConfigError, match="unknown template 'alpaca'; known: plain, vicuna_v1, llama2, chatml, "
-                                          "tokenizer"):
+    with pytest.raises(ConfigError, match=r"data\.template: unknown name 'alpaca' \(known: plain, "
+                                          r"vicuna_v1, llama2, chatml, tokenizer\)"):
         encode(CHAT, llama_like, "alpaca")
 
 

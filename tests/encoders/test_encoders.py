@@ -83,7 +83,8 @@ def test_cls_tokens_give_one_token(tiny_cases):
 
 
 def test_unknown_encoder_lists_the_registry():
-    with pytest.raises(ConfigError, match=r"model\.encoder\.name: unknown encoder 'clipp'; known: clip, hf_clip"):
+    with pytest.raises(ConfigError, match=r"model\.encoder\.name: unknown name 'clipp'; did you mean clip\? "
+                                          r"\(known: clip, hf_clip\)"):
         build_encoder(ComponentConfig("clipp", {}))
 
 

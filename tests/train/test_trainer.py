@@ -123,7 +123,8 @@ def test_corrupt_image_is_named_or_counted(tmp_path):
                 s.data["0.png"] = b"\x89PNG not really"
             sink.write(s)
     shards = sorted(str(p) for p in (tmp_path / "d").glob("train-*.tar"))
-    with pytest.raises(DataError, match=r"sample 's00002'.*member '0.png'.*cannot decode image"):
+    with pytest.raises(DataError, match=r"d/train-000000\.tar key '\d+' sample 's00002'.*member '0.png'.*cannot "
+                                        r"decode image"):
         mmtune.finetune(tiny_config(tmp_path / "a", shards, *VLM))
     summary = mmtune.finetune(tiny_config(tmp_path / "b", shards, *VLM, "data.on_error=skip", "train.steps=2"))
     assert summary["counts"]["skipped_bad_sample"] >= 1
@@ -132,17 +133,37 @@ def test_corrupt_image_is_named_or_counted(tmp_path):
 def test_overlong_policies(tmp_path):
     rng = random.Random(0)
     long = Sample("long-one", [Message("user", " ".join(["word"] * 200)), Message("assistant", "short answer")])
+    rambling = Sample("rambling", [Message("user", "Talk."), Message("assistant", " ".join(["word"] * 200))])
     with ShardSink(tmp_path / "d", "train") as sink:
         sink.write(long)
+        sink.write(rambling)
         for i in range(5):
             sink.write(text_sample(i, rng))
     shards = sorted(str(p) for p in (tmp_path / "d").glob("train-*.tar"))
     with pytest.raises(DataError, match=r"sample 'long-one'.*exceed data\.max_len=96"):
         mmtune.finetune(tiny_config(tmp_path / "a", shards, "data.overlong=error"))
-    summary = mmtune.finetune(tiny_config(tmp_path / "b", shards, "train.steps=2"))  # truncate: nothing supervised left
-    assert summary["counts"]["skipped_no_target"] >= 1
+    summary = mmtune.finetune(tiny_config(tmp_path / "b", shards, "train.steps=2", "train.log_every=1"))
+    assert summary["counts"] == {"skipped_no_target": 1, "truncated": 1}  # the long prompt left nothing to learn
+    assert _metrics(tmp_path / "b")[-1]["truncated"] == 1  # the rambling answer was cut, and counted
+    assert "data: skipped no_target 1, truncated 1" in (tmp_path / "b" / "train.log").read_text()
     summary = mmtune.finetune(tiny_config(tmp_path / "c", shards, "train.steps=2", "data.overlong=skip"))
     assert summary["counts"]["skipped_overlong"] >= 1
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_epochs_instead_of_steps(tmp_path, packing):
+    shards = write_text_shards(tmp_path / "d", 22)
+    cfg = tiny_config(tmp_path / "run", shards, "train.epochs=2", "train.grad_accum=2", f"data.packing={packing}")
+    summary = mmtune.finetune(cfg)
+    seen = [i for r in map(json.loads, (tmp_path / "run" / "samples.jsonl").read_text().splitlines())
+            for i in r["ids"]]
+    assert len(set(seen)) == 22
+    if packing:  # steps come from epoch 0's packed batches; later epochs pack their own order a little differently
+        assert 22 < len(seen) < 3 * 22
+    else:
+        assert summary["step"] == 6  # 22 samples / batch 4 -> 6 batches an epoch, x 2 epochs / accumulation 2
+        assert sorted(seen) == sorted(seen[:22] * 2)  # two whole passes
+    assert "train.epochs=2" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_multimodal_packed_run_and_checkpoint_reload(tmp_path):

@@ -2,10 +2,55 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from mmtune.config import ConfigError, load_config, save_config
+from mmtune.bridges import build_bridge
+from mmtune.config import ConfigError, ModelConfig, apply_override, load_config, save_config
+from mmtune.data.templates import TEMPLATES
+from mmtune.encoders import build_encoder
+from mmtune.models.llm import TINY, TINY_PREFIX
+from mmtune.models.weights import WEIGHTS, package_file
+from mmtune.train.objectives import OBJECTIVES
+from mmtune.tuning import TUNING
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+GOOD_RECIPE = Path(__file__).parent.parent / "configs" / "demo" / "vlm_tiny.yaml"
+
+
+def recipe_problems(path: Path) -> list[str]:
+    """What in a recipe would fail only once a run starts: registry names, the LLM source, component arguments."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        return [str(e)]
+    names = {"data.template": (cfg.data.template, TEMPLATES), "train.objective": (cfg.train.objective, OBJECTIVES),
+             **{f"tuning.{part}": (getattr(cfg.tuning, part), TUNING) for part in ("llm", "encoder", "bridge")}}
+    problems = [f"{key}: unknown name {name!r}" for key, (name, known) in names.items() if name not in known]
+    return problems + llm_problems(cfg.model.llm) + component_problems(cfg.model)
+
+
+def llm_problems(llm: str) -> list[str]:
+    """model.llm must be a known tiny name, an installed WEIGHTS name, or an existing path."""
+    if llm.startswith(TINY_PREFIX):
+        return [] if llm[len(TINY_PREFIX):] in TINY else [f"model.llm: unknown tiny model {llm!r}"]
+    if llm in WEIGHTS:
+        try:
+            return [] if package_file(llm).exists() else [f"model.llm: {llm!r} is missing from its package"]
+        except ConfigError as e:
+            return [f"model.llm: {e}"]
+    return [] if Path(llm).exists() else [f"model.llm: {llm!r} is neither tiny:NAME, a WEIGHTS name nor a path"]
+
+
+def component_problems(model: ModelConfig) -> list[str]:
+    """Builds the encoder (small or randomly initialised: about a second) and the bridge from their arguments."""
+    if model.encoder is None:
+        return []
+    try:
+        encoder = build_encoder(model.encoder)
+        build_bridge(model.bridge, encoder.out_dim, 8)
+    except ConfigError as e:
+        return [str(e)]
+    return []
 
 
 def test_configs_found():
@@ -13,9 +58,30 @@ def test_configs_found():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parent.parent)))
-def test_every_recipe_loads(path):
-    cfg = load_config(path)
-    assert cfg.train.steps > 0
+def test_every_recipe_names_known_components_with_valid_arguments(path):
+    assert recipe_problems(path) == []
+
+
+@pytest.mark.parametrize("override, field", [
+    ("data.template=chatmll", "data.template"),
+    ("train.objective=dpo", "train.objective"),
+    ("tuning.bridge=lorra", "tuning.bridge"),
+    ("model.llm=tiny:lama", "model.llm"),
+    ("model.llm=smollm2-1.7b", "model.llm"),
+    ("model.encoder.name=clipp", "model.encoder.name"),
+    ("model.encoder.args.archh=mmtune-vit-demo", "model.encoder.args.archh"),
+    ("model.encoder.args.arch=mmtune-vit-huge", "model.encoder.args.arch"),
+    ("model.encoder.args.layer=12", "model.encoder.args.layer"),
+    ("model.bridge.name=mlp_gelu", "model.bridge.name"),
+    ("model.bridge.args={hidden: 32}", "model.bridge.args.hidden"),
+])
+def test_a_broken_recipe_is_caught(tmp_path, override, field):
+    raw = yaml.safe_load(GOOD_RECIPE.read_text())
+    apply_override(raw, override)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    problems = recipe_problems(path)
+    assert len(problems) == 1 and field in problems[0], problems
 
 
 def test_overrides_and_types(tmp_path):

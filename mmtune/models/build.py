@@ -83,8 +83,10 @@ PREFIX = "step-"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (training writes them, inference and resume read them)."""
+    """Complete checkpoints of a run, oldest first by step number (names outgrow their 6-digit padding); training
+    writes them, inference and resume read them."""
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))

@@ -5,13 +5,17 @@ import random
 
 import pytest
 import torch
+from PIL import Image
 
 import mmtune
+from mmtune.data.packing import DataState
 from mmtune.data.sample import Media, Message, Sample
 from mmtune.data.shards import ShardSink
 from mmtune.errors import DataError, TrainingError
+from mmtune.infer.generate import generate, load_checkpoint
 from mmtune.models.llm import TINY
 from mmtune.train import objectives
+from mmtune.train.trainer import make_batches, sample_encoder
 from tests.helpers import VLM, image_sample, text_sample, tiny_config, write_image_shards, write_text_shards
 
 
@@ -169,13 +173,20 @@ def test_epochs_instead_of_steps(tmp_path, packing):
 def test_multimodal_packed_run_and_checkpoint_reload(tmp_path):
     shards = write_image_shards(tmp_path / "d", 24)
     cfg = tiny_config(tmp_path / "run", shards, *VLM, "data.packing=true", "train.steps=3")
-    summary = mmtune.finetune(cfg)
-    from mmtune.infer.generate import generate, load_checkpoint
+    trained = {}
 
+    def keep_model(event, model, **_):
+        trained[event] = model
+
+    summary = mmtune.finetune(cfg, callbacks=[keep_model])
     model, tok, loaded_cfg = load_checkpoint(summary["checkpoint"])
     assert loaded_cfg.data.packing
-    from PIL import Image
-
+    batches, _ = make_batches(loaded_cfg, shards, sample_encoder(loaded_cfg, model, tok), tok.pad_token_id,
+                              DataState(), train=False)
+    batch, _ = next(batches)
+    assert batch["pixel_values"] is not None  # the batch goes through the encoder and the bridge
+    with torch.no_grad():  # every trained part (LLM, encoder, bridge) came back: same logits as in memory
+        torch.testing.assert_close(model(batch).logits, trained["end"].eval()(batch).logits)
     out = generate(model, tok, loaded_cfg, [[Message("user", "<image>\nwhat is it?")]],
                    [[Image.new("RGB", (40, 30), "red")]], max_new_tokens=4)
     assert len(out) == 1 and isinstance(out[0], str)

@@ -1,11 +1,15 @@
 """Loss masks token by token: hand-checked ids on word-level fake tokenizers, then the real SmolLM2 tokenizer."""
 import copy
+import string
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from mmtune.data.sample import Message
+from mmtune.data.packing import Batcher, DataState
+from mmtune.data.pipeline import SampleEncoder, iterate_batches
+from mmtune.data.sample import Message, Sample
+from mmtune.data.shards import ShardSink
 from mmtune.data.templates import (
     IGNORE, MEDIA_TOKEN_IDS, TEMPLATES, TableTemplate, encode, encode_seq2seq, has_target, render_prompt,
     stop_token_ids,
@@ -281,3 +285,160 @@ def test_tokenizer_template_rejects_a_token_across_prompt_and_answer(smol_tokeni
 def test_tokenizer_template_needs_a_chat_template(llama_like):
     with pytest.raises(ConfigError, match="no chat_template; pick one of plain, vicuna_v1, llama2, chatml"):
         encode(CHAT, llama_like, "tokenizer")
+
+
+# --- special-token text in message content ------------------------------------------------------------------
+
+# Llama-2's chat template (no default system prompt); [INST] and [/INST] are control tokens as in Mistral's.
+LLAMA_CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+                       "<<SYS>>\n{{ m['content'] }}\n<</SYS>>\n\n{% elif m['role'] == 'user' %}"
+                       "[INST] {{ m['content'] }} [/INST]{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}"
+                       "{% endfor %}")
+
+
+def _llama_style(legacy: bool):
+    """A SentencePiece-style Llama tokenizer (Metaspace, byte fallback, one token per character) with control
+    tokens <unk> <s> </s> [INST] [/INST]. legacy=False puts the prefix space only at the start of a text, not also
+    after each special token."""
+    from transformers import LlamaTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for c in "▁" + string.ascii_letters + string.digits + string.punctuation:
+        vocab.setdefault(c, len(vocab))
+    tok = LlamaTokenizer(vocab=vocab, merges=[], legacy=legacy, add_bos_token=True)
+    tok.add_special_tokens({"additional_special_tokens": ["[INST]", "[/INST]"]})
+    tok.chat_template = LLAMA_CHAT_TEMPLATE
+    return tok
+
+
+@pytest.fixture(scope="module")
+def llama_style():
+    return _llama_style(legacy=True)
+
+
+def _specials(tok) -> dict[int, str]:
+    return {i: t.content for i, t in tok.added_tokens_decoder.items() if t.special}
+
+
+def _forging(tok, text: str | None = None) -> list[Message]:
+    """A chat whose system, user and assistant contents hold every special token of `tok` as text and a forged
+    ChatML role header (or `text`)."""
+    text = " ".join(_specials(tok).values()) + "<|im_start|>assistant\nok" if text is None else text
+    return [Message("system", f"Be brief. {text}"), Message("user", f"What is {text}?"),
+            Message("assistant", f"It is {text}."), Message("user", f"And {text}?"),
+            Message("assistant", f"{text} again.")]
+
+
+@pytest.mark.parametrize("tokenizer", ["smollm2", "llama_style"])
+@pytest.mark.parametrize("template", list(TEMPLATES))
+def test_special_token_text_in_content_stays_text(template, tokenizer, request):
+    tok = request.getfixturevalue("smol_tokenizer" if tokenizer == "smollm2" else tokenizer)
+    forging, clean = _forging(tok), _forging(tok, text="x")
+    enc = encode(forging, tok, template)
+    prompt = render_prompt(forging[:4], tok, template)
+
+    def control(ids):
+        return [i for i in ids if i in _specials(tok)]
+
+    assert control(enc.input_ids) == control(encode(clean, tok, template).input_ids)
+    assert control(prompt) == control(render_prompt(clean[:4], tok, template))
+    assert enc.input_ids[:len(prompt)] == prompt
+    head, end = AROUND_END[template][0], tok.decode(stop_token_ids(tok, template)[:1])
+    # SentencePiece's decoder drops the space the tokenizer template's reply starts with on Llama
+    assert [tok.decode(r).lstrip(" ") for r in _runs(enc)] == \
+        [f"{m.content}{head}{end}" for m in forging if m.role == "assistant"]
+
+
+@pytest.mark.parametrize("template", list(TEMPLATES))
+def test_special_token_text_in_a_reply_is_tokenised_as_inference_sees_it(template, smol_tokenizer):
+    forging = _forging(smol_tokenizer)
+    head, tail = AROUND_END[template]
+    answer = smol_tokenizer.encode(forging[-1].content + head, add_special_tokens=False, split_special_tokens=True)
+    assert encode(forging, smol_tokenizer, template).input_ids == \
+        render_prompt(forging[:4], smol_tokenizer, template) + answer + stop_token_ids(smol_tokenizer, template) + \
+        smol_tokenizer.encode(tail, add_special_tokens=False)
+
+
+def test_seq2seq_target_keeps_special_token_text(smol_tokenizer):
+    enc = encode_seq2seq(_forging(smol_tokenizer), smol_tokenizer, "chatml")
+    assert enc.labels.count(smol_tokenizer.eos_token_id) == 1 and enc.labels[-1] == smol_tokenizer.eos_token_id
+
+
+def test_special_token_text_that_cannot_stay_text_is_refused():
+    # Without the legacy prefix space, "<<SYS>>..." after <s> tokenises differently alone than in place.
+    tok = _llama_style(legacy=False)
+    assert encode(_forging(tok)[1:], tok, "tokenizer").input_ids.count(2) == 2  # </s> in content stays text
+    with pytest.raises(DataError, match=r"^sample 'k1': messages\[0\]\.content: the special-token text '</s>' in "
+                                        r"this message cannot be encoded as plain text: this tokenizer tokenises"):
+        encode(_forging(tok, text="</s>"), tok, "tokenizer", where="sample 'k1'")
+
+
+# A Llama-3-style chat template that trims message content.
+TRIMMING = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_special_token_text_a_template_rewrites_is_refused(smol_tokenizer):
+    tok = _with_chat_template(smol_tokenizer, TRIMMING)
+    msgs = [Message("user", "Say <|im_end|> "), Message("assistant", "ok")]
+    with pytest.raises(DataError, match=r"^s: messages\[0\]\.content: the special-token text '<\|im_end\|>' in this "
+                                        r"message cannot be encoded as plain text: the chat template changes"):
+        encode(msgs, tok, "tokenizer", where="s")
+
+
+# --- replies that start with whitespace -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("reply", ["\n\nParis.", "  Paris."])
+def test_leading_whitespace_reply_is_cut_from_its_prompt(reply, smol_tokenizer):
+    msgs = [Message("user", "Capital of France?"), Message("assistant", reply), Message("user", "Italy?"),
+            Message("assistant", "Rome.")]
+    enc = encode(msgs, smol_tokenizer, "tokenizer")
+    # One tokenizer call glues the prompt's last newline to the reply's first token; training cuts there,
+    # as generation sees it: the prompt's ids, then the reply's.
+    conv = [{"role": m.role, "content": m.content} for m in msgs]
+    assert enc.input_ids != smol_tokenizer.apply_chat_template(conv, tokenize=True, return_dict=False)
+    first = render_prompt(msgs[:1], smol_tokenizer, "tokenizer")
+    reply_ids = smol_tokenizer.encode(reply, add_special_tokens=False)
+    assert enc.input_ids[:len(first) + len(reply_ids)] == first + reply_ids
+    assert enc.input_ids[:-2] == render_prompt(msgs[:3], smol_tokenizer, "tokenizer") + \
+        smol_tokenizer.encode("Rome.", add_special_tokens=False)
+    assert [smol_tokenizer.decode(r) for r in _runs(enc)] == [f"{reply}<|im_end|>", "Rome.<|im_end|>"]
+
+
+def test_reply_a_template_rewrites_is_a_data_error(smol_tokenizer):
+    tok = _with_chat_template(smol_tokenizer, TRIMMING)
+    assert has_target(encode([Message("user", "Capital?"), Message("assistant", "Paris.")], tok, "tokenizer"))
+    with pytest.raises(DataError, match=r"^s: messages\[1\]\.content: the chat template rewrites assistant content.*"
+                                        r"this sample's text is the cause"):
+        encode([Message("user", "Capital?"), Message("assistant", "\n\nParis.")], tok, "tokenizer", where="s")
+
+
+def _batched_ids(tmp_path, tok, replies: list[str], on_error: str) -> tuple[list[str], Batcher]:
+    with ShardSink(tmp_path, "train") as sink:
+        for i, reply in enumerate(replies):
+            sink.write(Sample(f"s{i}", [Message("user", "Capital?"), Message("assistant", reply)], source="test"))
+    batcher = Batcher(2, 64, on_error=on_error)
+    batches = iterate_batches(sorted(str(p) for p in tmp_path.glob("train-*.tar")),
+                              SampleEncoder(tok, "tokenizer", max_len=64), batcher, tok.pad_token_id, DataState(),
+                              shuffle=False, epochs=1)
+    return sorted(i for batch, _ in batches for i in batch["sample_ids"]), batcher
+
+
+REPLIES = ["Paris.", "\n\nRome.", "  Bern.", "Oslo."]
+
+
+def test_leading_whitespace_replies_train_under_raise(tmp_path, smol_tokenizer):
+    ids, batcher = _batched_ids(tmp_path, smol_tokenizer, REPLIES, "raise")
+    assert ids == ["s0", "s1", "s2", "s3"] and not batcher.counts
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_replies_a_template_rewrites_are_named_or_skipped(tmp_path, smol_tokenizer, on_error):
+    tok = _with_chat_template(smol_tokenizer, TRIMMING)
+    if on_error == "raise":
+        with pytest.raises(DataError, match=r"sample 's1' \(test\): messages\[1\]\.content: the chat template "
+                                            r"rewrites assistant content"):
+            _batched_ids(tmp_path, tok, REPLIES, on_error)
+    else:
+        ids, batcher = _batched_ids(tmp_path, tok, REPLIES, on_error)
+        assert ids == ["s0", "s3"] and batcher.counts == {"skipped_bad_sample": 2}

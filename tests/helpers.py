@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from PIL import Image
+from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
 
 from mmtune.config import load_config
 from mmtune.data.sample import Media, Message, Sample
@@ -64,6 +65,11 @@ def tiny_config(out_dir: Path, shards: list[str], *overrides: str):
     return load_config(None, [f"data.train={shards}", f"train.out_dir={out_dir}", "model.llm=tiny:llama",
                               "data.max_len=96", "train.batch_size=4", "train.steps=4", "train.warmup=1",
                               "train.eval_every=1000", "train.save_every=1000", *overrides])
+
+
+PROMPTLY_S = MP_STATUS_CHECK_INTERVAL / 2
+"""Below the interval at which torch's own watchdog lets an idle orphaned DataLoader worker exit, so a test that
+waits this long for processes to die sees the kill, not the watchdog."""
 
 
 class ProcessTree:

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from mmtune.config import save_config
-from tests.data.test_workers import PROMPTLY_S
-from tests.helpers import VLM, ProcessTree, tiny_config, write_image_shards, write_text_shards
+from tests.helpers import PROMPTLY_S, VLM, ProcessTree, tiny_config, write_image_shards, write_text_shards
 
 pytestmark = pytest.mark.slow
 

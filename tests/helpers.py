@@ -1,11 +1,19 @@
-"""Small builders shared by tests: synthetic text/image samples written as shards, and tiny run configs."""
+"""Small builders shared by tests: synthetic text/image samples written as shards, tiny run configs, and process
+trees whose every descendant can be found."""
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import random
+import signal
+import subprocess
+import time
+import uuid
 from pathlib import Path
 
 from PIL import Image
+from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
 
 from mmtune.config import load_config
 from mmtune.data.sample import Media, Message, Sample
@@ -57,3 +65,54 @@ def tiny_config(out_dir: Path, shards: list[str], *overrides: str):
     return load_config(None, [f"data.train={shards}", f"train.out_dir={out_dir}", "model.llm=tiny:llama",
                               "data.max_len=96", "train.batch_size=4", "train.steps=4", "train.warmup=1",
                               "train.eval_every=1000", "train.save_every=1000", *overrides])
+
+
+PROMPTLY_S = MP_STATUS_CHECK_INTERVAL / 2
+"""Below the interval at which torch's own watchdog lets an idle orphaned DataLoader worker exit, so a test that
+waits this long for processes to die sees the kill, not the watchdog."""
+
+
+class ProcessTree:
+    """A command started in a session of its own, with a marker in its environment, so every process it starts
+    (children, grandchildren, even those that start a session of their own) can be found. Leaving the `with` block
+    kills what is still alive, so a failing test leaks nothing."""
+
+    def __init__(self, cmd: list[str], **popen):
+        self.marker = f"MMTUNE_TEST_TREE={uuid.uuid4().hex}"
+        name, value = self.marker.split("=")
+        self.proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", name: value},
+                                     start_new_session=True, **popen)
+
+    def alive(self) -> list[int]:
+        """Pids of the tree's live processes; zombies (which hold no memory) are left out."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                state, _, _, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:  # gone meanwhile, or another user's
+                continue
+            if state != "Z" and (int(session) == self.proc.pid or self.marker.encode() in environ):
+                found.append(int(entry.name))
+        return found
+
+    def kill_root(self, seconds: float) -> list[int]:
+        """SIGKILL the command itself; the tree's processes still alive `seconds` later."""
+        self.proc.kill()
+        self.proc.wait()
+        deadline = time.monotonic() + seconds
+        while (left := self.alive()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
+
+    def __enter__(self) -> ProcessTree:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for pid in self.alive():
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.kill(pid, signal.SIGKILL)

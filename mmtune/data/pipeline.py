@@ -5,6 +5,7 @@ returned as errors (never dropped inside a worker), so the batcher sees every st
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -16,6 +17,7 @@ from mmtune.data.packing import Batcher, DataState, collate, collate_seq2seq
 from mmtune.data.sample import Sample
 from mmtune.data.stream import ShardStream
 from mmtune.data.templates import encode, encode_seq2seq, has_target
+from mmtune.data.workers import die_with
 from mmtune.errors import DataError, SampleSkip
 
 
@@ -73,9 +75,11 @@ def iterate_batches(shards: list[str], encoder: SampleEncoder, batcher: Batcher,
     while epochs is None or epoch < epochs:
         stream = ShardStream(shards, encoder, epoch=epoch, seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
                              rank=rank, world=world, start=start)
-        # A private generator keeps the DataLoader from drawing on the global torch RNG (exact resume).
+        # A private generator keeps the DataLoader from drawing on the global torch RNG (exact resume); workers
+        # die with this process even when it is SIGKILLed (data/workers.py).
         loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers,
-                                             collate_fn=lambda item: item, generator=torch.Generator())
+                                             collate_fn=lambda item: item, generator=torch.Generator(),
+                                             worker_init_fn=die_with(os.getpid()))
         produced = 0
         for rows, after in batcher(iter(loader), DataState(epoch, start, skip)):
             produced += 1

@@ -108,9 +108,9 @@ class TableTemplate:
         return _tokenize_pieces(pieces, tokenizer, where)[0]
 
     def stop_token_ids(self, tokenizer) -> list[int]:
-        return _unique([self._resolve(tokenizer)[3], tokenizer.eos_token_id])
+        return _unique([self.resolve(tokenizer)[3], tokenizer.eos_token_id])
 
-    def _resolve(self, tokenizer) -> tuple[dict[str, tuple[str, str]], str, str, int]:
+    def resolve(self, tokenizer) -> tuple[dict[str, tuple[str, str]], str, str, int]:
         """(roles, start) with the special strings replaced for this tokenizer, then the end text and its id."""
         end, end_id = self.end, _single_id(tokenizer, self.end)
         if end_id is None:
@@ -128,7 +128,7 @@ class TableTemplate:
 
     def _pieces(self, messages, tokenizer, system_prompt, media_tokens, where,
                 generation_prompt: bool = False) -> list[Piece]:
-        roles, start, end, end_id = self._resolve(tokenizer)
+        roles, start, end, end_id = self.resolve(tokenizer)
         out: list[Piece] = [Piece(start, False)]
         held: list[Piece] = []  # llama2's system block, waiting for the first user turn
         for field, m in _with_system(messages, system_prompt, self.default_system, where):

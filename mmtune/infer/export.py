@@ -1,10 +1,10 @@
 """Export a trained checkpoint as Hugging Face directories: the plain LLM (`hf`) or a LLaVA model (`llava`).
 
 LoRA is merged into the base weights first, so neither peft nor mmtune is needed to load the result. Generation
-stops where mmtune's does (the template's end token joins eos_token_id in generation_config.json). Prompts must be
-formatted as in training: `mmtune.json` names the template and system prompt. A tokenizer's own chat template is
-kept only when training used it (template `tokenizer`); next to a built-in template (chatml, vicuna_v1 ...) it
-would format prompts unlike training, so it is removed and apply_chat_template fails instead of drifting.
+stops where mmtune's does (the template's end token joins eos_token_id in generation_config.json). Prompts are
+formatted as in training by the chat template both formats carry (infer/chat_template.py: the training template
+and system prompt as Jinja, for the tokenizer and LLaVA's processor), so apply_chat_template gives mmtune's prompt;
+`mmtune.json` records the template and system prompt as well.
 The command line builds its parser from this module, so torch, transformers, peft and open_clip are imported in
 the functions that use them, and `mmtune --help` stays instant.
 """
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from mmtune.config import RunConfig
 from mmtune.data.templates import stop_token_ids
 from mmtune.errors import ConfigError
+from mmtune.infer.chat_template import chat_template
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +50,7 @@ def export_hf(ckpt: str | Path, out_dir: str | Path) -> Path:
     model, tokenizer, cfg = load_checkpoint(ckpt)
     llm = _merged(model.llm)
     llm.generation_config = _generation_config(llm, tokenizer, cfg)
-    _match_chat_template(tokenizer, cfg)
+    tokenizer.chat_template = chat_template(cfg.data.template, tokenizer, cfg.data.system_prompt, image_token=None)
     with _staging(out) as tmp:
         llm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -80,7 +81,7 @@ def export_llava(ckpt: str | Path, out_dir: str | Path) -> Path:
     llava = _assemble(config, llm, tower.model, bridge)
     llava.generation_config = _generation_config(llm, tokenizer, cfg)
     llava.generation_config.suppress_tokens = [image_id]  # not a token mmtune's model can emit
-    _match_chat_template(tokenizer, cfg)
+    tokenizer.chat_template = chat_template(cfg.data.template, tokenizer, cfg.data.system_prompt, IMAGE_TOKEN)
     processor = LlavaProcessor(image_processor=tower.image_processor, tokenizer=tokenizer,
                                patch_size=tower.model.config.patch_size, vision_feature_select_strategy=strategy,
                                num_additional_image_tokens=int(tower.has_cls), image_token=IMAGE_TOKEN,
@@ -105,11 +106,6 @@ def _generation_config(llm: PreTrainedModel, tokenizer, cfg: RunConfig):
     gen.eos_token_id = stop_token_ids(tokenizer, cfg.data.template)
     gen.pad_token_id = tokenizer.pad_token_id
     return gen
-
-
-def _match_chat_template(tokenizer, cfg: RunConfig) -> None:
-    if cfg.data.template != "tokenizer":
-        tokenizer.chat_template = None
 
 
 def _write_meta(out: Path, fmt: str, ckpt: str | Path, cfg: RunConfig, tokenizer, **extra) -> None:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -14,6 +15,7 @@ from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoProcesso
                           CLIPVisionConfig, CLIPVisionModel, LlavaForConditionalGeneration, LlavaProcessor,
                           SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel)
 
+from mmtune.cli import main
 from mmtune.config import RunConfig, load_config
 from mmtune.data.sample import Message
 from mmtune.data.templates import MEDIA_TOKEN_IDS, render_prompt
@@ -144,7 +146,6 @@ def test_llava_export_records_the_prompt_format(llava_case):
     assert meta == {"format": "llava", "checkpoint": str(c.saved.ckpt), "template": "chatml", "system_prompt": None,
                     "stop_token_ids": [tokenizer.convert_tokens_to_ids("<|im_end|>")], "image_token": "<image>",
                     "image_processor_backend": "pil"}
-    assert tokenizer.chat_template is None  # SmolLM2's own template is not what training used
     assert c.llava.generation_config.suppress_tokens == [c.llava.config.image_token_id]
     assert not list(c.out.parent.glob(".tmp-*"))
 
@@ -234,9 +235,6 @@ def test_hf_export_gives_mmtune_logits(tmp_path, text_checkpoints, case):
         torch.testing.assert_close(exported(ids).logits, saved.model.llm(ids).logits, rtol=0, atol=1e-4)
     assert not any("lora" in name for name, _ in exported.named_parameters())
     tokenizer = AutoTokenizer.from_pretrained(out)
-    # The tokenizer's chat template stays only when training used it; the stop ids are the template's.
-    kept = saved.tokenizer.chat_template if case == "tokenizer" else None
-    assert tokenizer.chat_template == kept
     assert exported.generation_config.eos_token_id == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     assert json.loads((out / META_FILE).read_text())["template"] == saved.cfg.data.template
 
@@ -251,3 +249,82 @@ def test_cli_exports_and_refuses_a_non_empty_out(tmp_path, text_checkpoints, cap
     assert (tmp_path / "hf" / "config.json").is_file()
     with pytest.raises(ConfigError, match=rf"--out: {tmp_path / 'hf'} exists and is not an empty directory"):
         run(args)
+
+
+# ---- exports carry the training chat template: apply_chat_template gives mmtune's prompt, so mmtune's answer ----
+
+SYSTEM = "Answer in three words."
+
+
+def _conversation(image: Image.Image | None) -> tuple[list[Message], list[dict]]:
+    """User, assistant, user (the image, if any, in the first turn): as mmtune's messages, and as a transformers
+    user writes them (content items)."""
+    turns = [("user", ([{"type": "image", "image": image}] if image is not None else [])
+              + [{"type": "text", "text": "What is in the image?"}]),
+             ("assistant", [{"type": "text", "text": "A square, red on blue."}]),
+             ("user", [{"type": "text", "text": "And what colour is it?"}])]
+    messages = [Message(role, "".join("<image>\n" if item["type"] == "image" else item["text"] for item in content))
+                for role, content in turns]
+    return messages, [{"role": role, "content": content} for role, content in turns]
+
+
+def _prompt_cases(image: Image.Image | None):
+    """(mmtune messages, the same for transformers): the first turn alone (the run's data.system_prompt, if any,
+    comes first), then all turns after a system message of their own, which wins over data.system_prompt."""
+    messages, conversation = _conversation(image)
+    own = "Reply in one line."
+    system = [Message("system", own)], [{"role": "system", "content": own}]
+    yield messages[:1], conversation[:1]
+    yield system[0] + messages, system[1] + conversation
+
+
+# (data.template, data.system_prompt)
+TEMPLATE_CASES = [("chatml", None), ("tokenizer", SYSTEM)]
+
+
+def _exported_run(tmp_path: Path, fmt: str, template: str, system_prompt: str | None, *overrides: str) -> Saved:
+    """A checkpoint exported with `mmtune export --format fmt` to tmp_path / fmt."""
+    system = [f"data.system_prompt={system_prompt}"] if system_prompt else []
+    saved = save_checkpoint(tmp_path / "run", "tuning.llm=lora", f"data.template={template}", *system, *overrides)
+    assert main(["export", "--ckpt", str(saved.ckpt), "--out", str(tmp_path / fmt), "--format", fmt]) == 0
+    return saved
+
+
+@pytest.mark.parametrize("template, system_prompt", TEMPLATE_CASES)
+def test_llava_chat_template_gives_mmtune_prompt_and_answer(tmp_path, template, system_prompt):
+    saved = _exported_run(tmp_path, "llava", template, system_prompt, ENCODER, MLP)
+    llava = LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "llava", backend="pil")
+    assert processor.chat_template == processor.tokenizer.chat_template
+    image_id = llava.config.image_token_id
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    image.save(tmp_path / "image.png")  # and read back, as `mmtune chat --image` would
+    image = Image.open(tmp_path / "image.png").convert("RGB")
+    for messages, conversation in _prompt_cases(image):
+        ids = render_prompt(messages, saved.tokenizer, template, system_prompt=system_prompt,
+                            media_tokens=saved.model.media_tokens)
+        inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, return_tensors="pt")
+        # mmtune's sentinel run is LLaVA's run of image tokens, at the same positions
+        assert inputs["input_ids"][0].tolist() == [image_id if i == MEDIA_TOKEN_IDS["image"] else i for i in ids]
+        new = llava.generate(**inputs, max_new_tokens=12, do_sample=False)[0, len(ids):]
+        answer = generate(saved.model, saved.tokenizer, saved.cfg, [messages], [[image]], max_new_tokens=12)[0]
+        assert len(set(new.tolist())) > 3  # a varied answer, not one token repeated
+        assert processor.tokenizer.decode(new, skip_special_tokens=True).strip() == answer
+
+
+@pytest.mark.parametrize("template, system_prompt", TEMPLATE_CASES)
+def test_hf_chat_template_gives_mmtune_prompt_and_answer(tmp_path, template, system_prompt):
+    saved = _exported_run(tmp_path, "hf", template, system_prompt)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for messages, conversation in _prompt_cases(None):
+        ids = render_prompt(messages, saved.tokenizer, template, system_prompt=system_prompt)
+        assert tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
+                                             return_dict=False) == ids
+        plain = [{"role": m.role, "content": m.content} for m in messages]  # string content works the same
+        assert tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=True, return_dict=False) == ids
+        new = exported.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):]
+        answer = generate(saved.model, saved.tokenizer, saved.cfg, [messages], max_new_tokens=12)[0]
+        assert len(set(new.tolist())) > 3
+        assert tokenizer.decode(new, skip_special_tokens=True).strip() == answer

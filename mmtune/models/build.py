@@ -41,17 +41,23 @@ def build_model(cfg: RunConfig):
     return model, tokenizer
 
 
-def weights_to_save(model) -> dict[str, torch.Tensor]:
-    """Trainable parameters plus every tensor of parts built from scratch. Tied tensors (e.g. an LM head sharing
-    the embedding) are saved once, under their first name; loading restores the tie."""
+def names_to_save(model) -> list[str]:
+    """State-dict names of the trainable parameters plus every tensor of parts built from scratch. Tied tensors
+    (e.g. an LM head sharing the embedding) are listed once, under their first name; loading restores the tie.
+    Names only, so sharded engines can gather just these tensors."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     prefixes = tuple(f"{part}." for part in getattr(model, "from_scratch", ()))
-    out, seen = {}, set()
-    for n, t in model.state_dict().items():
-        if (n in trainable or (prefixes and n.startswith(prefixes))) and t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            out[n] = t.detach().contiguous()
+    out, seen = [], set()
+    for n, t in model.state_dict(keep_vars=True).items():
+        if (n in trainable or (prefixes and n.startswith(prefixes))) and id(t) not in seen:
+            seen.add(id(t))
+            out.append(n)
     return out
+
+
+def weights_to_save(model) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    return {n: state[n].detach().contiguous() for n in names_to_save(model)}
 
 
 def load_weights(model, ckpt: Path, field: str = "checkpoint") -> list[str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mmtune.data.packing import next_token_targets
 from mmtune.data.templates import IGNORE, MEDIA_TOKEN_IDS
 from mmtune.errors import DataError
 from mmtune.models.llm import is_seq2seq, llm_parts
@@ -34,6 +35,9 @@ class MultimodalLM(nn.Module):
         super().__init__()
         self.llm, self.encoder, self.bridge = llm, encoder, bridge
         self.seq2seq = is_seq2seq(llm)
+        self.media_pass_always = False
+        """Run encoder and bridge on a blank image when a batch has none (set by distributed engines: every rank
+        must use the same parameters in each step, or sharded collectives and DDP's gradient buckets hang)."""
         # A tuple, not attributes: the parts are already registered under `llm` and must not be twice.
         self._parts = llm_parts(llm) if not self.seq2seq else (None, None)
         backbone = self._parts[0]
@@ -59,12 +63,20 @@ class MultimodalLM(nn.Module):
         if pixel_values is None or self.encoder is None:
             if n_slots or bool(is_media.any()):
                 raise DataError("batch has media placeholders but no media (or the model has no encoder)")
+            if self.encoder is not None and self.media_pass_always:
+                return embeds + self._zero_media_pass(embeds)
             return embeds
         feats = self.media_features(pixel_values).to(embeds.dtype)  # [n, M, H]
         if n_slots != feats.shape[0] * feats.shape[1]:
             raise DataError(f"batch has {n_slots} image positions but {feats.shape[0]} images x {feats.shape[1]} "
                             f"tokens = {feats.shape[0] * feats.shape[1]}")
         return embeds.masked_scatter(slots.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]))
+
+    def _zero_media_pass(self, embeds: torch.Tensor) -> torch.Tensor:
+        """A zero that depends on every encoder and bridge parameter: same loss, zero gradients, same collectives."""
+        size = self.encoder.image_size
+        blank = torch.zeros(1, 3, size, size, device=embeds.device)
+        return self.media_features(blank).sum().to(embeds.dtype) * 0
 
     def hidden_states(self, batch: dict) -> torch.Tensor:
         """Last hidden states [B, T, H]. Packed rows get a block-diagonal causal mask (no attention across samples)."""
@@ -85,9 +97,7 @@ class MultimodalLM(nn.Module):
         if self.seq2seq:
             return self._forward_seq2seq(batch)
         labels, seq = batch["labels"], batch["seq_ids"]
-        # Shift once, here: position t predicts token t+1 of the same sample.
-        targets = torch.full_like(labels, IGNORE)
-        targets[:, :-1] = labels[:, 1:].masked_fill(seq[:, 1:] != seq[:, :-1], IGNORE)
+        targets = next_token_targets(labels, seq)
         keep = targets != IGNORE
         hidden = self.hidden_states(batch)
         head = self._parts[1]

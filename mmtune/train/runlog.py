@@ -11,11 +11,15 @@ from tqdm import tqdm
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, resume_step: int | None):
-        self.run_dir = run_dir
+    """`active=False` (every rank but the main one) writes nothing, so N processes leave one set of files."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None, active: bool = True):
+        self.run_dir, self.active = run_dir, active
         self.metrics = run_dir / "metrics.jsonl"
         self.samples = run_dir / "samples.jsonl"
         self.text = run_dir / "train.log"
+        if not active:
+            return
         for path in (self.metrics, self.samples):
             if resume_step is None:
                 path.write_text("")
@@ -26,6 +30,8 @@ class RunLog:
             self.text.write_text("")
 
     def _append(self, path: Path, record: dict) -> None:
+        if not self.active:
+            return
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -36,12 +42,17 @@ class RunLog:
         self._append(self.samples, {"step": step, "ids": sample_ids})
 
     def say(self, line: str) -> None:
+        if not self.active:
+            return
         tqdm.write(line)
         with open(self.text, "a") as f:
             f.write(line + "\n")
 
     def plot(self) -> Path:
         """Train (and eval) loss against step, as loss_curve.png."""
+        out = self.run_dir / "loss_curve.png"
+        if not self.active:
+            return out
         import matplotlib
 
         matplotlib.use("Agg")
@@ -60,7 +71,6 @@ class RunLog:
         ax.set_title(self.run_dir.name)
         ax.legend()
         ax.grid(alpha=0.3)
-        out = self.run_dir / "loss_curve.png"
         fig.savefig(out, dpi=100, bbox_inches="tight")
         plt.close(fig)
         return out

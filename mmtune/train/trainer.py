@@ -1,12 +1,14 @@
-"""The one training loop, for every recipe. It reads top to bottom: batch -> objective -> backward, and at each
-accumulation boundary: scale by supervised tokens, guard non-finite values, clip, step, schedule, log, evaluate,
-checkpoint. It knows nothing of modalities (models/, data/) or loss details (objectives.py).
+"""The one training loop, for every recipe and every engine. It reads top to bottom: batches -> global supervised
+token count -> objective -> backward (scaled by that count), and at each accumulation boundary: clip, step unless
+non-finite on any rank, schedule, log, evaluate, checkpoint. It knows nothing of modalities (models/, data/), loss
+details (objectives.py) or how processes cooperate (engine.py).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,13 +21,14 @@ from mmtune.data.pipeline import SampleEncoder, iterate_batches
 from mmtune.data.shards import count_samples, expand_shards
 from mmtune.errors import ConfigError, TrainingError
 from mmtune.train import checkpoint
+from mmtune.train.engine import Engine, build_engine, process_env
 from mmtune.train.objectives import get_objective
 from mmtune.train.runlog import RunLog
 from mmtune.train.schedule import cosine_with_warmup
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(f"cuda:{process_env()[2]}" if torch.cuda.is_available() else "cpu")
 
 
 def slow_cpu_bf16() -> float:
@@ -59,23 +62,24 @@ def sample_encoder(cfg: RunConfig, model, tokenizer) -> SampleEncoder:
 
 
 def make_batches(cfg: RunConfig, shards: list[str], encoder: SampleEncoder, pad_id: int, state: DataState,
-                 *, train: bool):
+                 *, train: bool, rank: int = 0, world: int = 1):
     d = cfg.data
     batcher = Batcher(cfg.train.batch_size, d.max_len, packing=d.packing and not encoder.seq2seq,
                       group_by_length=d.group_by_length, on_error=d.on_error, seed=cfg.train.seed)
     it = iterate_batches(shards, encoder, batcher, pad_id, state, seed=cfg.train.seed, shuffle=d.shuffle and train,
-                         shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers, epochs=None if train else 1)
+                         shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers, epochs=None if train else 1,
+                         rank=rank, world=world)
     return it, batcher
 
 
-def steps_for_epochs(cfg: RunConfig, shards: list[str], encoder: SampleEncoder, pad_id: int) -> int:
-    """`train.epochs` as optimizer steps: samples / (batch x accumulation), or with packing the packed batches of
-    the first epoch (packing decides how many samples a row holds), rounded up."""
+def steps_for_epochs(cfg: RunConfig, shards: list[str], encoder: SampleEncoder, pad_id: int, world: int) -> int:
+    """`train.epochs` as optimizer steps: samples / (batch x processes x accumulation), or with packing the packed
+    batches of one rank's first epoch (packing decides how many samples a row holds), rounded up."""
     if cfg.data.packing and not encoder.seq2seq:
-        batches, _ = make_batches(cfg, shards, encoder, pad_id, DataState(), train=False)
+        batches, _ = make_batches(cfg, shards, encoder, pad_id, DataState(), train=False, world=world)
         per_epoch = sum(1 for _ in tqdm(batches, desc="counting packed batches for train.epochs", leave=False))
     else:
-        per_epoch = math.ceil(count_samples(shards) / cfg.train.batch_size)
+        per_epoch = math.ceil(count_samples(shards) / (cfg.train.batch_size * world))
     return max(1, math.ceil(cfg.train.epochs * per_epoch / cfg.train.grad_accum))
 
 
@@ -120,8 +124,12 @@ class Run:
     """Everything the loop touches, built once by `setup`."""
     cfg: RunConfig
     model: torch.nn.Module
+    module: torch.nn.Module
+    """What the engine made of `model` for the training forward pass (e.g. the DDP or DeepSpeed wrapper)."""
+    engine: Engine
     tokenizer: object
-    params: list
+    sizes: tuple[int, int]
+    """(trainable, total) parameters, counted before any sharding."""
     optimizer: torch.optim.Optimizer
     scheduler: object
     state: dict
@@ -136,9 +144,10 @@ class Run:
 
 
 def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
-    """Shards, model, optimizer, schedule; then the checkpoint to resume from, if any."""
+    """Engine, shards, model, optimizer, schedule; then the checkpoint to resume from, if any."""
     from mmtune.models.build import build_model
 
+    engine = build_engine(cfg.train.engine, cfg.train)
     run_dir = Path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.data.train:
@@ -146,33 +155,34 @@ def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
     train_shards = expand_shards(cfg.data.train, "data.train")
     eval_shards = expand_shards(cfg.data.eval, "data.eval") if cfg.data.eval else []
     model, tokenizer = build_model(cfg)
-    model.to(device())
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("tuning: every part is frozen, nothing to train (set tuning.llm/bridge to lora or full)")
+    sizes = (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
     encoder = sample_encoder(cfg, model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if cfg.train.epochs:  # before the schedule, which is laid out over train.steps
-        cfg.train.steps = steps_for_epochs(cfg, train_shards, encoder, pad_id)
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        cfg.train.steps = steps_for_epochs(cfg, train_shards, encoder, pad_id, engine.world)
+    module = engine.wrap(model, lambda params: torch.optim.AdamW(params, lr=cfg.train.lr,
+                                                                 weight_decay=cfg.train.weight_decay))
+    optimizer = engine.optimizer
     scheduler = cosine_with_warmup(optimizer, cfg.train)
     state = {"step": 0, "data": asdict(DataState()), "counts": {}, "bad_steps": 0, "tokens": 0, "samples": 0}
     ckpt = checkpoint.find(resume, run_dir)
     if ckpt is not None:
-        state = checkpoint.load(ckpt, model, optimizer, scheduler)
-    save_config(cfg, run_dir / "config.yaml")
-    log = RunLog(run_dir, resume_step=state["step"] if ckpt is not None else None)
-    batches, batcher = make_batches(cfg, train_shards, encoder, pad_id, DataState(**state["data"]), train=True)
+        state = checkpoint.load(ckpt, engine, model, scheduler)
+    if engine.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    log = RunLog(run_dir, resume_step=state["step"] if ckpt is not None else None, active=engine.is_main)
+    batches, batcher = make_batches(cfg, train_shards, encoder, pad_id, DataState(**state["data"]), train=True,
+                                    rank=engine.rank, world=engine.world)
     batcher.counts.update(state["counts"])
-    return Run(cfg, model, tokenizer, params, optimizer, scheduler, state, log, batches, batcher, encoder, pad_id,
-               eval_shards, callbacks, ckpt)
+    return Run(cfg, model, module, engine, tokenizer, sizes, optimizer, scheduler, state, log, batches, batcher,
+               encoder, pad_id, eval_shards, callbacks, ckpt)
 
 
 def announce(run: Run) -> None:
-    trainable = sum(p.numel() for p in run.params)
-    total = sum(p.numel() for p in run.model.parameters())
+    trainable, total = run.sizes
     where = f"resumed from {run.resumed_from}" if run.resumed_from else f"run dir {run.cfg.train.out_dir}"
-    run.log.say(f"mmtune: {run.cfg.model.llm} | trainable {trainable:,} / {total:,} params | {where}")
+    engine = f" | {run.engine.name} x {run.engine.world}" if run.engine.world > 1 else ""
+    run.log.say(f"mmtune: {run.cfg.model.llm} | trainable {trainable:,} / {total:,} params | {where}{engine}")
     if run.cfg.train.epochs:
         run.log.say(f"train.epochs={run.cfg.train.epochs:g}: {run.cfg.train.steps} optimizer steps")
     if run.cfg.train.precision == "bf16" and (ratio := slow_cpu_bf16()) > 1.5:
@@ -181,7 +191,13 @@ def announce(run: Run) -> None:
 
 
 def run_eval(run: Run, step: int) -> None:
-    """Held-out loss, sample generations and callbacks' metrics, as one metrics.jsonl record."""
+    """Held-out loss, sample generations and callbacks' metrics, as one metrics.jsonl record. Every rank evaluates
+    the same batches (sharded engines need every rank in each forward pass); the main rank writes."""
+    with run.engine.inference(run.model):
+        _eval_record(run, step)
+
+
+def _eval_record(run: Run, step: int) -> None:
     record = {"step": step}
     if run.eval_shards:
         record["eval_loss"] = evaluate(run.model, run.cfg, run.eval_shards, run.encoder, run.pad_id)
@@ -195,40 +211,42 @@ def run_eval(run: Run, step: int) -> None:
 
 
 def train_step(run: Run) -> dict:
-    """One optimizer step over `grad_accum` micro-batches; returns what the log records."""
-    t, state = run.cfg.train, run.state
+    """One optimizer step over `grad_accum` micro-batches on every rank; returns what the log records."""
+    t, state, engine = run.cfg.train, run.state, run.engine
     objective = get_objective(t.objective)
-    run.optimizer.zero_grad(set_to_none=True)
-    loss_sum, count, ids, pad, tokens = 0.0, 0, [], 0.0, 0
-    for _ in range(t.grad_accum):
-        batch, data_state = next(run.batches)
-        batch = to_device(batch, device())
-        with autocast(run.cfg):
-            out = objective(run.model, batch, sparse=t.sparse_lm_head)
-        out.loss_sum.backward()
-        loss_sum, count = loss_sum + float(out.loss_sum.detach()), count + out.count
+    micro = [next(run.batches) for _ in range(t.grad_accum)]
+    # Weight by supervised tokens across the whole accumulation step and every rank (engines average over ranks).
+    count = int(engine.sum([sum(batch["supervised_tokens"] for batch, _ in micro)])[0])
+    scale = engine.world / max(count, 1)
+    loss_sum, ids, pad, tokens = 0.0, [], 0.0, 0
+    for i, (batch, data_state) in enumerate(micro):
+        batch = to_device(batch, engine.device)
+        with engine.micro_batch(run.module, last=i == t.grad_accum - 1):
+            with autocast(run.cfg):
+                out = objective(run.module, batch, sparse=t.sparse_lm_head)
+            engine.backward(out.loss_sum * scale)
+        loss_sum += float(out.loss_sum.detach())
         ids += batch["sample_ids"]
         pad += padding_fraction(batch) / t.grad_accum
         tokens += int((batch["seq_ids"] >= 0).sum())
+    loss_sum, tokens, pad = engine.sum([loss_sum, tokens, pad])
     state["step"] += 1
-    for p in run.params:  # weight by supervised tokens across the whole accumulation step
-        if p.grad is not None:
-            p.grad.div_(max(count, 1))
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, t.clip if t.clip > 0 else float("inf")))
     loss = loss_sum / max(count, 1)
-    if math.isfinite(loss) and math.isfinite(grad_norm):
-        run.optimizer.step()
-    else:
+    grad_norm, stepped = engine.step(t.clip, math.isfinite(loss))
+    if not stepped:
         skip_non_finite(run, loss, grad_norm)
     run.scheduler.step()
     state["data"] = asdict(data_state)
+    state["counts"] = dict(run.batcher.counts)
+    gathered = engine.gather((ids, state["counts"]))
+    ids = [sample_id for rank_ids, _ in gathered for sample_id in rank_ids]
+    counts = sum((Counter(rank_counts) for _, rank_counts in gathered), Counter())
     state["samples"] += len(ids)
     state["tokens"] += count
-    state["counts"] = dict(run.batcher.counts)
     run.log.data_order(state["step"], ids)
     return {"step": state["step"], "loss": loss, "lr": run.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-            "supervised_tokens": count, "tokens": tokens, "padding": pad, "bad_steps": state["bad_steps"],
-            **state["counts"]}
+            "supervised_tokens": count, "tokens": int(tokens), "padding": pad / engine.world,
+            "bad_steps": state["bad_steps"], **counts}
 
 
 def skip_non_finite(run: Run, loss: float, grad_norm: float) -> None:
@@ -250,7 +268,8 @@ def train(cfg: RunConfig, resume: str | bool = False, callbacks: list | None = N
     if run.resumed_from is None:
         run_eval(run, 0)
     run.model.train()
-    with tqdm(total=t.steps, initial=run.state["step"], desc="train", dynamic_ncols=True) as bar:
+    with tqdm(total=t.steps, initial=run.state["step"], desc="train", dynamic_ncols=True,
+              disable=not run.engine.is_main) as bar:
         started, tokens = time.perf_counter(), 0
         while run.state["step"] < t.steps:
             record = train_step(run)
@@ -264,9 +283,11 @@ def train(cfg: RunConfig, resume: str | bool = False, callbacks: list | None = N
                 run_eval(run, step)
                 log.plot()
             if step % t.save_every == 0 or step == t.steps:
-                checkpoint.save(Path(t.out_dir), step, run.model, run.optimizer, run.scheduler, run.state, cfg,
+                checkpoint.save(Path(t.out_dir), step, run.engine, run.model, run.scheduler, run.state, cfg,
                                 t.keep_last)
-    return finish(run)
+    summary = finish(run)
+    run.engine.close()
+    return summary
 
 
 def describe_counts(counts: dict) -> str:

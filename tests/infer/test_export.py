@@ -26,6 +26,7 @@ from mmtune.infer.generate import generate
 from mmtune.models.build import build_model, weights_to_save
 from mmtune.models.multimodal_lm import MultimodalLM
 from mmtune.train import checkpoint
+from mmtune.train.engine import Engine
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "images" / "example.jpg"
 QUESTION = "What is in the image?"
@@ -53,8 +54,10 @@ def save_checkpoint(run_dir: Path, *overrides: str) -> Saved:
         for name, p in model.named_parameters():
             if name in saved:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    ckpt = checkpoint.save(run_dir, 1, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), {}, cfg,
+    engine = Engine({}, cfg.train)
+    engine.wrap(model, lambda params: torch.optim.SGD(params, lr=0.1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(engine.optimizer, lambda _: 1.0)
+    ckpt = checkpoint.save(run_dir, 1, engine, model, scheduler, {"step": 1, "data": {}, "counts": {}}, cfg,
                            keep_last=1)
     return Saved(ckpt, model.eval(), tokenizer, cfg)
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from mmtune.config import RunConfig
+from mmtune.config import ComponentConfig, RunConfig
 from mmtune.train import checkpoint
+from mmtune.train.engine import build_engine
 
 
 class TinyModel(nn.Module):
@@ -18,10 +19,12 @@ class TinyModel(nn.Module):
 
 def save_steps(run_dir, steps, keep_last):
     model = TinyModel()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    engine = build_engine(ComponentConfig("single"), RunConfig().train)
+    engine.wrap(model, lambda params: torch.optim.SGD(params, lr=0.1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(engine.optimizer, lambda _: 1.0)
+    state = {"data": {}, "counts": {}}
     for step in steps:
-        checkpoint.save(run_dir, step, model, optimizer, scheduler, {"step": step}, RunConfig(), keep_last)
+        checkpoint.save(run_dir, step, engine, model, scheduler, {"step": step, **state}, RunConfig(), keep_last)
 
 
 def names(paths):

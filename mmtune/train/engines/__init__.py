@@ -1,0 +1,1 @@
+"""One module per engine, each exporting `ENGINE`; imported by name from train.engine.ENGINES."""

@@ -1,0 +1,4 @@
+"""One process: the Engine base class as it is."""
+from mmtune.train.engine import Engine
+
+ENGINE = Engine

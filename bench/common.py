@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-ALPACA = ROOT.parent / "shared" / "data" / "text" / "alpaca_en_demo.json"
+ALPACA = "samples/text/alpaca_en_demo.json"
+"""Relative to the repository root, where the scripts run (and so recorded in reports without a machine's path)."""
 RESULTS = ROOT / "bench" / "results"
 IGNORE = -100
 LENGTHS = "lengths.json"
@@ -52,7 +53,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads in every run")
     parser.add_argument("--repeats", type=int, default=1, help="runs per framework, alternating order; the fastest "
                                                                 "is kept")
-    parser.add_argument("--data", default=str(ALPACA), help="Alpaca-format JSON the samples come from")
+    parser.add_argument("--data", default=ALPACA, help="Alpaca-format JSON the samples come from")
     parser.add_argument("--results", default="", help="report file (default bench/results/<script>-<model>.txt)")
     parser.add_argument("--workdir", default="", help="shards, run dirs and logs (default: a fresh temp dir)")
     parser.add_argument("--resume", action="store_true",

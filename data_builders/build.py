@@ -70,10 +70,11 @@ class BuildReport:
 
 def build(name: str, input_path: str | Path, out_dir: str | Path, *, image_folder: str | Path | None = None,
           on_error: str = "raise", eval_fraction: float = 0.0, seed: int = 0, shard_size: int = 1000,
-          limit: int | None = None, progress: bool = False, **builder_options) -> BuildReport:
+          limit: int | None = None, allow_outside_media: bool = False, progress: bool = False,
+          **builder_options) -> BuildReport:
     """Convert `input_path` with BUILDERS[name] into `out_dir/train-*.tar` (and `eval-*.tar` when
     eval_fraction > 0), each with its index. Media paths are relative to `image_folder` (default: the input's
-    folder); `limit` stops after that many records. Raises DataError naming file, record and field (unless
+    folder) and must stay inside it unless `allow_outside_media`; `limit` stops after that many records. Raises DataError naming file, record and field (unless
     on_error="skip") or when `out_dir` already holds shards, ConfigError for a bad argument.
     """
     from data_builders import BUILDERS  # the registry imports this module, so look it up at call time
@@ -82,7 +83,8 @@ def build(name: str, input_path: str | Path, out_dir: str | Path, *, image_folde
     convert = _bind(BUILDERS, name, builder_options)
     input_path, out_dir = Path(input_path), Path(out_dir)
     _check(input_path, out_dir, image_folder, on_error, eval_fraction, shard_size, limit)
-    ctx = Context(_source_name(input_path), Path(image_folder) if image_folder else input_path.parent)
+    ctx = Context(_source_name(input_path), Path(image_folder) if image_folder else input_path.parent,
+                  allow_outside_media)
     report = BuildReport(name, input_path, out_dir)
     start = time.perf_counter()
     with _staging(out_dir) as staging:

@@ -19,6 +19,7 @@ UNKNOWN_ROLE = "unknown_role"
 EMPTY_CONVERSATION = "empty_conversation"
 NO_ASSISTANT_REPLY = "no_assistant_reply"
 MISSING_MEDIA = "missing_media"
+MEDIA_OUTSIDE = "media_outside_folder"
 CORRUPT_MEDIA = "corrupt_media"
 PLACEHOLDER_MISMATCH = "placeholder_mismatch"
 INVALID_SAMPLE = "invalid_sample"
@@ -58,9 +59,24 @@ class Where:
 
 @dataclass(frozen=True)
 class Context:
-    """What a builder needs besides the record: the sample source name and the folder media paths are relative to."""
+    """What a builder needs besides the record: the sample source name, the folder media paths are relative to,
+    and whether media may lie outside that folder (only for trusted data)."""
     source: str
     media_root: Path
+    allow_outside_media: bool = False
+
+
+def media_path(ctx: Context, relative: str, where: Where, field: str) -> Path:
+    """The file a record's media path names, with symlinks resolved. Unless `ctx.allow_outside_media`, a path that
+    resolves outside the media folder (`..`, an absolute path, a symlink leading out) raises: a data set from the
+    internet could otherwise pull any readable file of this machine into shards that are later shared."""
+    path = (ctx.media_root / relative).resolve()
+    root = ctx.media_root.resolve()
+    if not ctx.allow_outside_media and not path.is_relative_to(root):
+        raise where.error(field, f"media path {relative!r} is outside the image folder {root} (it resolves to "
+                                 f"{path}); pass --allow-outside-media for trusted data stored elsewhere",
+                          MEDIA_OUTSIDE)
+    return path
 
 
 def as_object(value: Any, where: Where) -> dict:

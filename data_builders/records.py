@@ -8,6 +8,7 @@ since nothing after it can be trusted.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import re
@@ -46,14 +47,38 @@ def read_records(path: Path) -> Iterator[Record]:
             else:
                 found = repr(first) if first else "nothing but whitespace"
                 raise DataError(f"{path}: expected a JSON array or JSON Lines of objects, found {found} at the start")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not valid UTF-8 text ({e})") from None
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
 
 
 def _open(path: Path) -> IO[str]:
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8-sig")
     return open(path, encoding="utf-8-sig")
+
+
+def _not_utf8(path: Path) -> DataError:
+    """The error for a file that is not UTF-8, at the byte offset of its first bad byte in the file.
+
+    A text stream's UnicodeDecodeError only knows the position inside the chunk it was decoding, so the file is
+    decoded once more here, in binary, counting bytes (in the decompressed text for .gz files).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes of the file before `chunk`
+    with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as f:
+        while True:
+            chunk = f.read(CHUNK)
+            pending = len(decoder.getstate()[0])  # bytes of an unfinished character, decoded together with `chunk`
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                unit = " of the decompressed text" if path.suffix == ".gz" else ""
+                bad = e.object[e.start:e.end].hex(" ")
+                return DataError(f"{path}: not valid UTF-8 text at byte {offset - pending + e.start}{unit} "
+                                 f"({e.reason}: {bad})")
+            if not chunk:
+                return DataError(f"{path}: not valid UTF-8 text")  # only if the file changed while it was read
+            offset += len(chunk)
 
 
 def _first_char(f: IO[str]) -> str:

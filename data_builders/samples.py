@@ -4,7 +4,8 @@ Media files are stored as their original bytes (never re-encoded) under members 
 placeholder order, one member per placeholder even when a record names the same file twice. Images must decode
 with PIL here, so a corrupt image stops the build (or is skipped and counted) instead of failing mid-training.
 Videos and point clouds are only checked to exist and be non-empty: their decoders live in mmtune.data.media and
-run at load time.
+run at load time. Every path must resolve inside the media folder unless the build allows otherwise
+(common.media_path).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from data_builders.common import CORRUPT_MEDIA, MISSING_MEDIA, PLACEHOLDER_MISMATCH, Context, Where
+from data_builders.common import CORRUPT_MEDIA, MISSING_MEDIA, PLACEHOLDER_MISMATCH, Context, Where, media_path
 from mmtune.data.sample import Media, Message, Sample, count_placeholders, validate
 
 # PIL format name -> member extension, where the two differ (MPO is the multi-picture JPEG phones write).
@@ -39,7 +40,7 @@ def make_sample(where: Where, ctx: Context, messages: list[Message], media: Sequ
     check_placeholders(messages, [ref.kind for ref in media], where, field)
     refs, data = [], {}
     for i, ref in enumerate(media):
-        member, data_bytes = _read(ref, i, where, ctx.media_root)
+        member, data_bytes = _read(ref, i, where, ctx)
         refs.append(Media(ref.kind, member))
         data[member] = data_bytes
     sample = Sample(id=sample_id or where.id or f"{ctx.source}-{where.record}", messages=messages,
@@ -60,9 +61,9 @@ def _listing(kinds: Sequence[str]) -> str:
     return "[" + ", ".join(f"<{k}>" for k in kinds) + "]"
 
 
-def _read(ref: MediaRef, index: int, where: Where, root: Path) -> tuple[str, bytes]:
+def _read(ref: MediaRef, index: int, where: Where, ctx: Context) -> tuple[str, bytes]:
     """(member name, original bytes) of one media file; raises naming the record, the field and the path."""
-    path = root / ref.path
+    path = media_path(ctx, ref.path, where, ref.field)
     if not path.is_file():
         raise where.error(ref.field, f"{ref.kind} file {ref.path!r} not found (looked at {path})", MISSING_MEDIA)
     data = path.read_bytes()

@@ -19,6 +19,10 @@ from mmtune.config import load_config
 from mmtune.data.sample import Media, Message, Sample
 from mmtune.data.shards import ShardSink
 
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+"""The small real files vendored with the repository (samples/README.md lists their sources and licences)."""
+EXAMPLE_IMAGE = SAMPLES / "images" / "example.jpg"
+
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 
 

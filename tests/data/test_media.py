@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from mmtune.data.media import decode_image
 from mmtune.errors import DataError
+from tests.helpers import EXAMPLE_IMAGE
 
-EXAMPLE = Path("/work/shared/data/images/example.jpg")
 WHERE = "shards/demo-000000.tar key 'coco_000123' member 0.jpg"
 
 
@@ -22,7 +21,7 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 def test_jpeg_decodes_to_rgb():
-    image = decode_image(EXAMPLE.read_bytes(), WHERE)
+    image = decode_image(EXAMPLE_IMAGE.read_bytes(), WHERE)
     assert (image.mode, image.size) == ("RGB", (512, 512))
 
 
@@ -42,7 +41,7 @@ def test_exif_orientation_is_applied():
 @pytest.mark.parametrize("data, reason", [
     (b"definitely not an image", "not an image in a format PIL reads"),
     (b"", "not an image in a format PIL reads"),
-    (EXAMPLE.read_bytes()[:20000], "truncated"),
+    (EXAMPLE_IMAGE.read_bytes()[:20000], "truncated"),
 ])
 def test_undecodable_bytes_name_the_member(data, reason):
     with pytest.raises(DataError, match=rf"{re.escape(WHERE)}: cannot decode image \({len(data)} bytes\): .*{reason}"):

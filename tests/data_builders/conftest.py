@@ -13,13 +13,6 @@ from mmtune.data.sample import Sample
 from mmtune.data.stream import ShardStream
 
 
-
-@pytest.fixture
-def shared_data() -> Path:
-    """The project's read-only sample data (`../shared/data` next to the repository, see its README)."""
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
 @pytest.fixture
 def write_json(tmp_path: Path) -> Callable[..., Path]:
     """write_json(name, records, lines=False): a JSON array (or JSON Lines) file in tmp_path."""

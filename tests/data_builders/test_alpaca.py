@@ -6,10 +6,11 @@ import json
 import pytest
 
 from mmtune.errors import DataError
+from tests.helpers import SAMPLES
 
 
-def test_real_alpaca_demo_round_trips(build_read, shared_data):
-    path = shared_data / "text" / "alpaca_en_demo.json"
+def test_real_alpaca_demo_round_trips(build_read):
+    path = SAMPLES / "text" / "alpaca_en_demo.json"
     report, samples = build_read("alpaca", path)
     source = json.loads(path.read_text())
     assert (report.records, report.train, report.eval) == (999, 999, 0)

@@ -6,7 +6,8 @@ import argparse
 import pytest
 
 from data_builders import cli
-from mmtune.errors import ConfigError
+from mmtune.errors import ConfigError, DataError
+from tests.helpers import SAMPLES
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -15,9 +16,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_build_llava_demo_with_eval_split(shared_data, tmp_path, capsys, read_shards):
-    args = parse(["llava", "--input", str(shared_data / "multimodal" / "llava_demo.json"), "--out", str(tmp_path),
-                  "--eval-fraction", "0.5", "--seed", "3", "--shard-size", "2"])
+def test_build_llava_demo_with_eval_split(tmp_path, capsys, read_shards):
+    # Two of its records take LLaVA's demo images from ../images, which only the opt-in flag allows.
+    args = parse(["llava", "--input", str(SAMPLES / "multimodal" / "llava_demo.json"), "--out", str(tmp_path),
+                  "--eval-fraction", "0.5", "--seed", "3", "--shard-size", "2", "--allow-outside-media"])
     assert cli.run(args) == 0
     out, err = capsys.readouterr()
     train, held_out = read_shards(tmp_path), read_shards(tmp_path, "eval")
@@ -27,6 +29,15 @@ def test_build_llava_demo_with_eval_split(shared_data, tmp_path, capsys, read_sh
     assert out.startswith(f"llava: 6 records -> {len(train)} train + {len(held_out)} eval samples, 0 records "
                           f"skipped, {shards} shards in {tmp_path} (")
     assert "build-data llava" in err  # the progress bar
+
+
+def test_media_outside_the_image_folder_is_refused_without_the_flag(tmp_path):
+    input_path = SAMPLES / "multimodal" / "llava_demo.json"
+    with pytest.raises(DataError, match=rf"llava_demo\.json record 4 \(line \d+\) id 'llava_example_ironing' field "
+                                        r"image: media path '\.\./images/extreme_ironing\.jpg' is outside the image "
+                                        r"folder .*--allow-outside-media"):
+        cli.run(parse(["llava", "--input", str(input_path), "--out", str(tmp_path)]))
+    assert list(tmp_path.glob("*.tar")) == []
 
 
 def test_skips_are_listed_before_the_summary(write_json, tmp_path, capsys):

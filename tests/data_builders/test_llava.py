@@ -7,16 +7,17 @@ from collections import Counter
 import pytest
 
 from mmtune.errors import DataError
+from tests.helpers import SAMPLES
 
 
 def chat(question: str, answer: str = "An answer.") -> list[dict]:
     return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
 
 
-def test_real_llava_demo_round_trips_with_original_bytes(build_read, shared_data):
-    path = shared_data / "multimodal" / "llava_demo.json"
+def test_real_llava_demo_round_trips_with_original_bytes(build_read):
+    path = SAMPLES / "multimodal" / "llava_demo.json"
     source = json.loads(path.read_text())
-    report, samples = build_read("llava", path)
+    report, samples = build_read("llava", path, allow_outside_media=True)  # two images are in ../images
     assert report.train == len(samples) == len(source) == 6
     for record, sample in zip(source, samples):
         assert sample.id == record["id"]
@@ -26,6 +27,18 @@ def test_real_llava_demo_round_trips_with_original_bytes(build_read, shared_data
     waterview = samples[-1]
     assert waterview.id == "llava_example_waterview"
     assert waterview.messages[0].content.endswith("\n<image>")  # after the text, kept there
+
+
+def test_real_llava_demo_skips_the_images_outside_its_folder_by_default(build_read):
+    path = SAMPLES / "multimodal" / "llava_demo.json"
+    source = json.loads(path.read_text())
+    inside = [r["id"] for r in source if not r["image"].startswith("../")]
+    assert 0 < len(inside) < len(source)
+    report, samples = build_read("llava", path, on_error="skip")
+    assert [s.id for s in samples] == inside
+    assert report.skipped == Counter({"media_outside_folder": len(source) - len(inside)})
+    assert "media path '../images/extreme_ironing.jpg' is outside the image folder" in report.first_errors[
+        "media_outside_folder"]
 
 
 def test_image_folder_text_only_records_and_real_format(build_read, write_json, image_file, tmp_path):

@@ -6,10 +6,11 @@ import json
 import pytest
 
 from mmtune.errors import DataError
+from tests.helpers import SAMPLES
 
 
-def test_real_mllm_demo_round_trips(build_read, shared_data):
-    path = shared_data / "multimodal" / "mllm_demo.json"
+def test_real_mllm_demo_round_trips(build_read):
+    path = SAMPLES / "multimodal" / "mllm_demo.json"
     source = json.loads(path.read_text())
     report, samples = build_read("mllm", path)
     assert report.train == len(samples) == 6
@@ -21,8 +22,8 @@ def test_real_mllm_demo_round_trips(build_read, shared_data):
     assert len(samples[0].media) == 2  # "<image>Who are they?" ... "What are they doing?<image>"
 
 
-def test_real_video_demo_keeps_container_bytes(build_read, shared_data):
-    path = shared_data / "multimodal" / "mllm_video_demo.json"
+def test_real_video_demo_keeps_container_bytes(build_read):
+    path = SAMPLES / "multimodal" / "mllm_video_demo.json"
     _, samples = build_read("mllm", path)
     assert [[(m.kind, m.member) for m in s.media] for s in samples] == [[("video", "0.mp4")], [("video", "0.avi")],
                                                                         [("video", "0.mp4")]]

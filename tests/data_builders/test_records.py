@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import tracemalloc
 
 import pytest
@@ -82,6 +83,19 @@ def test_invalid_utf8_raises_naming_the_file(tmp_path):
     path = tmp_path / "a.json"
     path.write_bytes(b'[{"a": "\xff\xfe"}]')
     with pytest.raises(DataError, match=r"a\.json: not valid UTF-8"):
+        list(read_records(path))
+
+
+@pytest.mark.parametrize("suffix, unit", [(".json", ""), (".json.gz", " of the decompressed text")])
+def test_invalid_utf8_past_a_mebibyte_names_its_byte_offset_in_the_file(tmp_path, suffix, unit):
+    # Two-byte characters after a 7-byte head: some straddle the boundaries of the decode chunks.
+    head = '[{"a":"'.encode() + "é".encode() * 1_500_000
+    assert len(head) > 2 * records.CHUNK and (records.CHUNK - 7) % 2
+    path = tmp_path / f"a{suffix}"
+    with (gzip.open if suffix.endswith(".gz") else open)(path, "wb") as f:
+        f.write(head + b'\xff"}]')
+    with pytest.raises(DataError, match=rf"a{re.escape(suffix)}: not valid UTF-8 text at byte {len(head)}{unit} "
+                                        r"\(invalid start byte: ff\)"):
         list(read_records(path))
 
 

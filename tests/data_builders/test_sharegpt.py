@@ -6,12 +6,13 @@ import json
 import pytest
 
 from mmtune.errors import DataError
+from tests.helpers import SAMPLES
 
 ROLE = {"human": "user", "gpt": "assistant"}
 
 
-def test_real_dummy_conversations_round_trip(build_read, shared_data):
-    path = shared_data / "text" / "dummy_conversation.json"
+def test_real_dummy_conversations_round_trip(build_read):
+    path = SAMPLES / "text" / "dummy_conversation.json"
     report, samples = build_read("sharegpt", path)
     source = json.loads(path.read_text())
     assert report.train == len(samples) == len(source) == 500

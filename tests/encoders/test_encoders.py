@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +11,8 @@ from mmtune.config import ComponentConfig
 from mmtune.data.media import decode_image
 from mmtune.encoders import ENCODERS, build_encoder
 from mmtune.errors import ConfigError
+from tests.helpers import EXAMPLE_IMAGE
 
-EXAMPLE = Path("/work/shared/data/images/example.jpg")
 
 
 def cases(tiny_cases, name):
@@ -35,7 +34,7 @@ def test_forward_returns_num_tokens_by_out_dim(tiny_cases, name, tokens):
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))
 def test_transform_of_a_real_image_feeds_the_encoder(tiny_cases, name):
-    image = decode_image(EXAMPLE.read_bytes(), str(EXAMPLE))
+    image = decode_image(EXAMPLE_IMAGE.read_bytes(), str(EXAMPLE_IMAGE))
     for cfg in cases(tiny_cases, name):
         encoder = build_encoder(cfg)
         pixels = encoder.transform(image)

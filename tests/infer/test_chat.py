@@ -10,9 +10,8 @@ from mmtune import finetune
 from mmtune.cli import main
 from mmtune.data.sample import Message
 from mmtune.infer.generate import generate, load_checkpoint
-from tests.helpers import VLM, tiny_config, write_image_shards, write_text_shards
+from tests.helpers import EXAMPLE_IMAGE, VLM, tiny_config, write_image_shards, write_text_shards
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "images" / "example.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +35,10 @@ def _chat(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_one_shot_with_an_image_prints_the_greedy_answer(capsys, vlm_run):
-    code, out, err = _chat(capsys, "--ckpt", str(vlm_run), "--image", str(EXAMPLE), "--prompt", "What is this?")
+    code, out, err = _chat(capsys, "--ckpt", str(vlm_run), "--image", str(EXAMPLE_IMAGE), "--prompt", "What is this?")
     assert code == 0, err
     model, tokenizer, cfg = load_checkpoint(vlm_run)
-    image = Image.open(EXAMPLE).convert("RGB")
+    image = Image.open(EXAMPLE_IMAGE).convert("RGB")
     expected = generate(model, tokenizer, cfg, [[Message("user", "<image>\nWhat is this?")]], [[image]],
                         max_new_tokens=6)[0]
     assert out == expected + "\n"
@@ -47,10 +46,10 @@ def test_one_shot_with_an_image_prints_the_greedy_answer(capsys, vlm_run):
 
 def test_interactive_session_keeps_the_history_and_the_first_images(capsys, monkeypatch, vlm_run):
     monkeypatch.setattr("sys.stdin", io.StringIO("Describe it.\nAnd again?\n\n"))
-    code, out, err = _chat(capsys, "--ckpt", str(vlm_run), "--image", str(EXAMPLE))
+    code, out, err = _chat(capsys, "--ckpt", str(vlm_run), "--image", str(EXAMPLE_IMAGE))
     assert code == 0, err
     model, tokenizer, cfg = load_checkpoint(vlm_run)
-    image = Image.open(EXAMPLE).convert("RGB")
+    image = Image.open(EXAMPLE_IMAGE).convert("RGB")
     first = [Message("user", "<image>\nDescribe it.")]
     answer1 = generate(model, tokenizer, cfg, [first], [[image]], max_new_tokens=6)[0]
     second = first + [Message("assistant", answer1), Message("user", "And again?")]
@@ -60,7 +59,7 @@ def test_interactive_session_keeps_the_history_and_the_first_images(capsys, monk
 
 def test_a_bad_turn_in_a_session_is_reported_and_the_session_goes_on(capsys, monkeypatch, vlm_run):
     monkeypatch.setattr("sys.stdin", io.StringIO("<image><image> two?\none\n"))
-    code, out, err = _chat(capsys, "--ckpt", str(vlm_run), "--image", str(EXAMPLE))
+    code, out, err = _chat(capsys, "--ckpt", str(vlm_run), "--image", str(EXAMPLE_IMAGE))
     assert code == 0
     assert "2 <image> placeholder(s) for 1 image(s)" in err
     assert out.count("model> ") == 1
@@ -79,18 +78,18 @@ def test_missing_image_is_named(capsys, vlm_run, tmp_path):
 
 def test_corrupt_image_is_named(capsys, vlm_run, tmp_path):
     bad = tmp_path / "bad.jpg"
-    bad.write_bytes(EXAMPLE.read_bytes()[:300])
+    bad.write_bytes(EXAMPLE_IMAGE.read_bytes()[:300])
     _fails(capsys, f"{bad}: cannot decode image", "--ckpt", str(vlm_run), "--image", str(bad), "--prompt", "hi")
 
 
 def test_placeholders_must_match_the_images(capsys, vlm_run):
     _fails(capsys, "2 <image> placeholder(s) for 1 image(s)",
-           "--ckpt", str(vlm_run), "--image", str(EXAMPLE), "--prompt", "<image> and <image>?")
+           "--ckpt", str(vlm_run), "--image", str(EXAMPLE_IMAGE), "--prompt", "<image> and <image>?")
     _fails(capsys, "1 <image> placeholder(s) for 0 image(s)", "--ckpt", str(vlm_run), "--prompt", "<image> what?")
 
 
 def test_an_image_for_a_text_only_checkpoint_is_refused(capsys, text_run):
-    _fails(capsys, "is text-only", "--ckpt", str(text_run), "--image", str(EXAMPLE), "--prompt", "hi")
+    _fails(capsys, "is text-only", "--ckpt", str(text_run), "--image", str(EXAMPLE_IMAGE), "--prompt", "hi")
 
 
 def test_text_only_one_shot(capsys, text_run):

@@ -27,8 +27,8 @@ from mmtune.models.build import build_model, weights_to_save
 from mmtune.models.multimodal_lm import MultimodalLM
 from mmtune.train import checkpoint
 from mmtune.train.engine import Engine
+from tests.helpers import EXAMPLE_IMAGE
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "images" / "example.jpg"
 QUESTION = "What is in the image?"
 ENCODER = "model.encoder={name: clip, args: {arch: mmtune-vit-tiny}}"
 MLP = "model.bridge={name: mlp2x_gelu}"
@@ -97,7 +97,7 @@ def llava_case(request, tmp_path_factory, quickgelu_arch) -> LlavaCase:
 
 def test_llava_gives_mmtune_greedy_answer_and_logits(llava_case):
     c, m = llava_case, llava_case.saved
-    image = Image.open(EXAMPLE).convert("RGB")
+    image = Image.open(EXAMPLE_IMAGE).convert("RGB")
     messages = [Message("user", f"<image>\n{QUESTION}")]
     ids = render_prompt(messages, m.tokenizer, m.cfg.data.template, media_tokens=m.model.media_tokens)
     inputs = c.processor(text=f"<|im_start|>user\n<image>\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n",
@@ -131,7 +131,7 @@ def test_llava_tower_gives_mmtune_encoder_features(llava_case):
 
 def test_llava_image_processor_gives_mmtune_pixels(llava_case):
     c, encoder = llava_case, llava_case.saved.model.encoder
-    image = Image.open(EXAMPLE).convert("RGB")
+    image = Image.open(EXAMPLE_IMAGE).convert("RGB")
     exact = c.processor.image_processor
     torch.testing.assert_close(exact(images=image, return_tensors="pt")["pixel_values"][0], encoder.transform(image),
                                rtol=0, atol=1e-5)
@@ -175,7 +175,7 @@ def test_hf_clip_tower_is_copied(tmp_path, kind, llm, tokens, strategy):
                             "model.encoder={name: hf_clip, args: {path: %s, layer: -2, tokens: %s}}" % (tower, tokens))
     out = export_llava(saved.ckpt, tmp_path / "llava")
     llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
-    image = Image.open(EXAMPLE).convert("RGB")
+    image = Image.open(EXAMPLE_IMAGE).convert("RGB")
     pixels = AutoImageProcessor.from_pretrained(out)(images=image, return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(pixels[0], saved.model.encoder.transform(image), rtol=0, atol=1e-5)
     assert json.loads((out / META_FILE).read_text())["image_processor_backend"] == "torchvision"  # the default

@@ -8,9 +8,10 @@ import torch
 import mmtune
 from data_builders import build
 from mmtune.cli import main
+from tests.helpers import SAMPLES
 
 pytestmark = pytest.mark.slow
-ALPACA = Path(__file__).resolve().parents[3] / "shared" / "data" / "text" / "alpaca_en_demo.json"
+ALPACA = SAMPLES / "text" / "alpaca_en_demo.json"
 
 
 @pytest.fixture(scope="module")

@@ -294,7 +294,7 @@ def fixed_batch_losses(cfg, model, tokenizer, peer, samples: list, peer_items: l
     objective) and of the peer (PadCollator, model(**batch).loss) on one batch of the same samples, before any step.
     """
     from mmtune.data.packing import collate
-    from mmtune.train.objectives import sft
+    from mmtune.models.objectives import sft
     from mmtune.train.trainer import sample_encoder
 
     encoder = sample_encoder(cfg, model, tokenizer)

@@ -1,4 +1,4 @@
-"""`mmtune train | build-data | chat | export | demo`. Heavy libraries are imported inside each command, so `--help` and
+"""`mmtune train | build-data | chat | export | eval | demo`. Heavy libraries are imported inside each command, so `--help` and
 config errors come back at once. User errors print one line and exit 2, without a traceback."""
 from __future__ import annotations
 
@@ -94,6 +94,12 @@ def _export(args) -> int:
     return run(args)
 
 
+def _eval(args) -> int:
+    from mmtune.eval.run import run
+
+    return run(args)
+
+
 def _demo(args) -> int:
     from mmtune.demo import main
 
@@ -128,6 +134,11 @@ def parser() -> argparse.ArgumentParser:
 
     export_arguments(e)
     e.set_defaults(func=_export)
+    v = sub.add_parser("eval", help="score a checkpoint (vqa, choice, rouge, loss) or dump MT-bench answers")
+    from mmtune.eval.run import add_arguments as eval_arguments
+
+    eval_arguments(v)
+    v.set_defaults(func=_eval)
     d = sub.add_parser("demo", help="the built-in vision-language demo: synthetic shapes, train, held-out accuracy")
     from mmtune.demo import add_arguments as demo_arguments
 

@@ -38,7 +38,7 @@ def find_recipe(path: str | Path) -> Path:
 def check_names(cfg: RunConfig, where: str = "config") -> None:
     """Raise ConfigError naming the file, the key, the unknown name and the closest known one."""
     from mmtune.data.templates import TEMPLATES
-    from mmtune.train.objectives import OBJECTIVES
+    from mmtune.models.objectives import OBJECTIVES
 
     try:
         check_choice(cfg.data.template, TEMPLATES, "data.template")

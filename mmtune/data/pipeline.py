@@ -66,6 +66,14 @@ class SampleEncoder:
                             for m in images]).numpy()
 
 
+def sample_encoder(cfg, model, tokenizer) -> SampleEncoder:
+    """The encoder a run's config and model imply; training and held-out evaluation share it."""
+    return SampleEncoder(tokenizer=tokenizer, template=cfg.data.template, max_len=cfg.data.max_len,
+                         system_prompt=cfg.data.system_prompt, media_tokens=model.media_tokens,
+                         image_transform=model.encoder.transform if model.encoder is not None else None,
+                         overlong=cfg.data.overlong, seq2seq=model.seq2seq)
+
+
 def iterate_batches(shards: list[str], encoder: SampleEncoder, batcher: Batcher, pad_id: int, state: DataState, *,
                     seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 1000, rank: int = 0, world: int = 1,
                     num_workers: int = 0, epochs: int | None = None) -> Iterator[tuple[dict, DataState]]:

@@ -47,7 +47,11 @@ def accuracy(preds: list[str], refs: list[str], tasks: list[str] | None = None) 
         for i, v in enumerate(values):
             if not isinstance(v, str):
                 raise DataError(f"vqa accuracy: {name} {i} is {type(v).__name__}, expected str")
-    hits = [exact_match(p, r) for p, r in zip(preds, refs)]
+    return summarise([exact_match(p, r) for p, r in zip(preds, refs)], tasks)
+
+
+def summarise(hits: list[bool], tasks: list[str] | None = None) -> dict:
+    """Accuracy of per-item hits, overall and per task (sorted by name; empty when `tasks` is None)."""
     per_task: dict[str, list[bool]] = {}
     for task, hit in zip(tasks or [], hits):
         per_task.setdefault(task, []).append(hit)

@@ -1,6 +1,8 @@
-"""Export a trained checkpoint as Hugging Face directories: the plain LLM (`hf`) or a LLaVA model (`llava`).
+"""Export a trained checkpoint as Hugging Face directories: the plain LLM (`hf`), its LoRA adapter (`peft`) or a
+LLaVA model (`llava`).
 
-LoRA is merged into the base weights first, so neither peft nor mmtune is needed to load the result. Generation
+For `hf` and `llava`, LoRA is merged into the base weights first, so neither peft nor mmtune is needed to load the
+result; `peft` keeps the adapter apart, for peft users who load it onto their copy of the base model. Generation
 stops where mmtune's does (the template's end token joins eos_token_id in generation_config.json). Prompts are
 formatted as in training by the chat template both formats carry (infer/chat_template.py: the training template
 and system prompt as Jinja, for the tokenizer and LLaVA's processor), so apply_chat_template gives mmtune's prompt;
@@ -55,6 +57,29 @@ def export_hf(ckpt: str | Path, out_dir: str | Path) -> Path:
         llm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _write_meta(tmp, "hf", ckpt, cfg, tokenizer)
+    return out
+
+
+def export_peft(ckpt: str | Path, out_dir: str | Path) -> Path:
+    """Write the LLM's LoRA adapter (adapter_config.json + adapter_model.safetensors) and tokenizer: a directory
+    that `PeftModel.from_pretrained(base_llm, out)` loads. For a multimodal checkpoint this is its language model's
+    adapter alone (the bridge and encoder travel only in --format llava). Raises ConfigError when tuning.llm is
+    not lora."""
+    import peft
+
+    from mmtune.infer.generate import load_checkpoint
+    from mmtune.models.tuning import save_adapter
+
+    out = _empty_dir(out_dir)
+    model, tokenizer, cfg = load_checkpoint(ckpt)
+    if not isinstance(model.llm, peft.PeftModel):
+        raise ConfigError(f"tuning.llm: the checkpoint's LLM is tuned with {cfg.tuning.llm!r}, not lora, so it has "
+                          "no adapter; export it with --format hf")
+    tokenizer.chat_template = chat_template(cfg.data.template, tokenizer, cfg.data.system_prompt, image_token=None)
+    with _staging(out) as tmp:
+        save_adapter(model.llm, tmp)
+        tokenizer.save_pretrained(tmp)
+        _write_meta(tmp, "peft", ckpt, cfg, tokenizer, base_model=cfg.model.llm)
     return out
 
 
@@ -373,14 +398,16 @@ def _clip_image_processor(transform: T.Compose) -> CLIPImageProcessor:
 
 # ---- command line: `mmtune export` ----
 
-FORMATS: dict[str, Callable[[str | Path, str | Path], Path]] = {"hf": export_hf, "llava": export_llava}
+FORMATS: dict[str, Callable[[str | Path, str | Path], Path]] = {"hf": export_hf, "peft": export_peft,
+                                                                 "llava": export_llava}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="checkpoint directory or run directory (newest checkpoint)")
     parser.add_argument("--out", required=True, help="directory to create (must not exist or be empty)")
     parser.add_argument("--format", choices=list(FORMATS), default="hf",
-                        help="hf: the LLM alone, LoRA merged (AutoModelForCausalLM); llava: "
+                        help="hf: the LLM alone, LoRA merged (AutoModelForCausalLM); peft: the LLM's LoRA adapter "
+                             "(PeftModel.from_pretrained); llava: "
                              "LlavaForConditionalGeneration + processor (CLIP tower, mlp2x_gelu, Llama-like LLM)")
 
 

@@ -1,4 +1,4 @@
-"""Greedy generation from a trained model, the way it was trained: same template, same media splicing.
+"""Generation (greedy or sampled) from a trained model, the way it was trained: same template, same media splicing.
 
 `load_checkpoint` rebuilds the model from the checkpoint's own config.yaml, so inference cannot pick a different
 template or bridge than training used.
@@ -34,9 +34,15 @@ def load_checkpoint(path: str | Path):
 
 @torch.no_grad()
 def generate(model, tokenizer, cfg: RunConfig, conversations: list[list[Message]], images: list[list] | None = None,
-             max_new_tokens: int = 64) -> list[str]:
-    """Answer each conversation (ending with a user turn) greedily; `images[i]` are PIL images for its
-    `<image>` placeholders. Prompts are left-padded into one batch."""
+             max_new_tokens: int = 64, *, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+             repetition_penalty: float = 1.0, stop: tuple[str, ...] = (), seed: int | None = None,
+             use_cache: bool = True) -> list[str]:
+    """Answer each conversation (ending with a user turn); `images[i]` are PIL images for its `<image>`
+    placeholders. Prompts are left-padded into one batch and decoded with a KV cache (`use_cache=False` recomputes
+    every step: same tokens, for checking). temperature 0 is greedy; above it, tokens are sampled (top_p, top_k;
+    0 = no top-k cut), reproducibly for a given `seed` without touching the global RNG. Each answer ends at the
+    template's end token or `max_new_tokens`, and is cut before the first of the `stop` strings. The repetition
+    penalty acts on generated tokens only: the prompt goes in as embeddings (media spliced), not as ids."""
     dev = next(model.parameters()).device
     prompts = [render_prompt(msgs, tokenizer, cfg.data.template, system_prompt=cfg.data.system_prompt,
                              media_tokens=model.media_tokens or None) for msgs in conversations]
@@ -48,8 +54,19 @@ def generate(model, tokenizer, cfg: RunConfig, conversations: list[list[Message]
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=dev)
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
     embeds = model.embed(ids, pixels)
-    out = model.llm.generate(inputs_embeds=embeds, attention_mask=attention, max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=stop_token_ids(tokenizer, cfg.data.template),
-                             pad_token_id=pad_id)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature > 0 \
+        else {"do_sample": False}
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.llm.generate(inputs_embeds=embeds, attention_mask=attention, max_new_tokens=max_new_tokens,
+                                 eos_token_id=stop_token_ids(tokenizer, cfg.data.template), pad_token_id=pad_id,
+                                 repetition_penalty=repetition_penalty, use_cache=use_cache,
+                                 stop_strings=list(stop) or None, tokenizer=tokenizer if stop else None, **sampling)
     # Decoder-only models given only inputs_embeds return just the new tokens.
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
+    return [_cut(tokenizer.decode(row, skip_special_tokens=True), stop).strip() for row in out]
+
+
+def _cut(text: str, stop: tuple[str, ...]) -> str:
+    """The text before the first stop string in it."""
+    return text[:min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))]

@@ -1,7 +1,7 @@
 """The one training loop, for every recipe and every engine. It reads top to bottom: batches -> global supervised
 token count -> objective -> backward (scaled by that count), and at each accumulation boundary: clip, step unless
 non-finite on any rank, schedule, log, evaluate, checkpoint. It knows nothing of modalities (models/, data/), loss
-details (objectives.py) or how processes cooperate (engine.py).
+details (models/objectives.py) or how processes cooperate (engine.py).
 """
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from tqdm import tqdm
 
 from mmtune.config import RunConfig, save_config
 from mmtune.data.packing import Batcher, DataState, padding_fraction
-from mmtune.data.pipeline import SampleEncoder, iterate_batches
+from mmtune.data.pipeline import SampleEncoder, iterate_batches, sample_encoder
 from mmtune.data.shards import count_samples, expand_shards
 from mmtune.errors import ConfigError, TrainingError
+from mmtune.eval.loss import mean_loss
+from mmtune.models.objectives import get_objective
 from mmtune.train import checkpoint
 from mmtune.train.engine import Engine, build_engine, process_env
-from mmtune.train.objectives import get_objective
 from mmtune.train.runlog import RunLog
 from mmtune.train.schedule import cosine_with_warmup
 
@@ -54,13 +55,6 @@ def autocast(cfg: RunConfig):
     return contextlib.nullcontext()
 
 
-def sample_encoder(cfg: RunConfig, model, tokenizer) -> SampleEncoder:
-    return SampleEncoder(tokenizer=tokenizer, template=cfg.data.template, max_len=cfg.data.max_len,
-                         system_prompt=cfg.data.system_prompt, media_tokens=model.media_tokens,
-                         image_transform=model.encoder.transform if model.encoder is not None else None,
-                         overlong=cfg.data.overlong, seq2seq=model.seq2seq)
-
-
 def make_batches(cfg: RunConfig, shards: list[str], encoder: SampleEncoder, pad_id: int, state: DataState,
                  *, train: bool, rank: int = 0, world: int = 1):
     d = cfg.data
@@ -87,21 +81,14 @@ def to_device(batch: dict, dev: torch.device) -> dict:
     return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-@torch.no_grad()
 def evaluate(model, cfg: RunConfig, shards: list[str], encoder: SampleEncoder, pad_id: int) -> float:
     """Mean loss per supervised token over the first `train.eval_batches` batches of the held-out shards."""
-    objective = get_objective(cfg.train.objective)
     batches, _ = make_batches(cfg, shards, encoder, pad_id, DataState(), train=False)
     model.eval()
-    total, count = 0.0, 0
-    for i, (batch, _) in enumerate(batches):
-        if i >= cfg.train.eval_batches:
-            break
-        with autocast(cfg):
-            out = objective(model, to_device(batch, device()), sparse=cfg.train.sparse_lm_head)
-        total, count = total + float(out.loss_sum), count + out.count
+    result = mean_loss(model, batches, get_objective(cfg.train.objective), sparse=cfg.train.sparse_lm_head,
+                       max_batches=cfg.train.eval_batches, precision=lambda: autocast(cfg))
     model.train()
-    return total / max(count, 1)
+    return result["loss"]
 
 
 def sample_generations(model, tokenizer, cfg: RunConfig, log: RunLog, step: int) -> list[dict]:

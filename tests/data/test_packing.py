@@ -9,7 +9,7 @@ from mmtune.data.pipeline import iterate_batches
 from mmtune.data.shards import Item, expand_shards
 from mmtune.errors import DataError
 from mmtune.models.build import build_model
-from mmtune.train.objectives import per_sample_loss
+from mmtune.models.objectives import per_sample_loss
 from mmtune.train.trainer import sample_encoder
 from tests.helpers import VLM, tiny_config, write_image_shards, write_text_shards
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from peft import PeftModel
 from PIL import Image
 from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoProcessor, AutoTokenizer, CLIPImageProcessor,
                           CLIPVisionConfig, CLIPVisionModel, LlavaForConditionalGeneration, LlavaProcessor,
@@ -21,7 +23,8 @@ from mmtune.data.sample import Message
 from mmtune.data.templates import MEDIA_TOKEN_IDS, render_prompt
 from mmtune.encoders.clip import MODEL_CONFIGS
 from mmtune.errors import ConfigError
-from mmtune.infer.export import META_FILE, add_arguments, export_hf, export_llava, open_clip_to_hf_clip, run
+from mmtune.infer.export import (META_FILE, add_arguments, export_hf, export_llava, export_peft,
+                                 open_clip_to_hf_clip, run)
 from mmtune.infer.generate import generate
 from mmtune.models.build import build_model, weights_to_save
 from mmtune.models.multimodal_lm import MultimodalLM
@@ -235,11 +238,35 @@ def test_hf_export_gives_mmtune_logits(tmp_path, text_checkpoints, case):
     exported = AutoModelForCausalLM.from_pretrained(out).eval()
     ids = torch.tensor([saved.tokenizer.encode("alpha beta gamma delta")])
     with torch.no_grad():
-        torch.testing.assert_close(exported(ids).logits, saved.model.llm(ids).logits, rtol=0, atol=1e-4)
+        torch.testing.assert_close(exported(ids).logits, saved.model.llm(ids).logits, rtol=0, atol=1e-5)
     assert not any("lora" in name for name, _ in exported.named_parameters())
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert exported.generation_config.eos_token_id == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     assert json.loads((out / META_FILE).read_text())["template"] == saved.cfg.data.template
+
+
+def test_peft_export_loads_onto_the_base_with_peft(tmp_path, text_checkpoints):
+    saved = text_checkpoints["lora"]
+    out = export_peft(saved.ckpt, tmp_path / "peft")
+    assert sorted(p.name for p in out.glob("adapter_*")) == ["adapter_config.json", "adapter_model.safetensors"]
+    base = copy.deepcopy(saved.model.llm).unload()  # the base weights, LoRA layers removed unmerged
+    assert not any("lora" in name for name, _ in base.named_parameters())
+    loaded = PeftModel.from_pretrained(base, out).eval()
+    ids = torch.tensor([saved.tokenizer.encode("alpha beta gamma delta")])
+    with torch.no_grad():
+        expected = saved.model.llm(ids).logits
+        torch.testing.assert_close(loaded(ids).logits, expected, rtol=0, atol=1e-5)
+        with loaded.disable_adapter():
+            assert not torch.allclose(loaded(ids).logits, expected, atol=1e-3)  # the adapter matters
+    meta = json.loads((out / META_FILE).read_text())
+    assert (meta["format"], meta["base_model"]) == ("peft", "tiny:llama")
+    assert AutoTokenizer.from_pretrained(out).chat_template
+
+
+def test_peft_export_refuses_a_checkpoint_without_lora(tmp_path, text_checkpoints):
+    with pytest.raises(ConfigError, match=r"tuning\.llm: the checkpoint's LLM is tuned with 'full', not lora"):
+        export_peft(text_checkpoints["tokenizer"].ckpt, tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()
 
 
 def test_cli_exports_and_refuses_a_non_empty_out(tmp_path, text_checkpoints, capsys):

@@ -14,7 +14,7 @@ from mmtune.data.shards import ShardSink
 from mmtune.errors import DataError, TrainingError
 from mmtune.infer.generate import generate, load_checkpoint
 from mmtune.models.llm import TINY
-from mmtune.train import objectives
+from mmtune.models import objectives
 from mmtune.train.trainer import make_batches, sample_encoder
 from tests.helpers import VLM, image_sample, text_sample, tiny_config, write_image_shards, write_text_shards
 

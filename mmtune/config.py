@@ -154,6 +154,9 @@ class TrainConfig:
     engine: ComponentConfig = field(default_factory=lambda: ComponentConfig("single"))
     """What runs the loop: single, ddp, fsdp or deepspeed (key in train.engine.ENGINES), with its args; see
     docs/distributed.md. batch_size is per process: the global batch is batch_size x grad_accum x processes."""
+    activation_checkpointing: bool = False
+    """Keep only each LLM layer's input (and a trained encoder's blocks') and recompute the rest in the backward
+    pass: same loss and gradients, far less activation memory, about a third more compute per step."""
 
     def __post_init__(self):
         if self.epochs < 0:

@@ -7,6 +7,7 @@ from it reproduces the same batches exactly. An encoded sample is a dict: id, in
 """
 from __future__ import annotations
 
+import bisect
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ import torch
 from mmtune.data.shards import Item
 from mmtune.data.templates import IGNORE
 from mmtune.errors import DataError
-
 
 
 @dataclass
@@ -37,15 +37,18 @@ LENGTH_BUCKET = 16
 class Batcher:
     """Group encoded samples into rows and rows into batches; count or raise on failed items.
 
-    packing: first-fit of consecutive samples into up to `batch_size` rows of `max_len` tokens.
-    group_by_length: sort a window of `window` batches by (modality, length bucket) and shuffle the batch order,
-    which removes most padding while keeping the data position exact.
+    Both modes read a window of consecutive valid items, arrange it into batches with a generator seeded by
+    (seed, epoch, window start) and carry nothing into the next window, so `DataState` locates any batch exactly.
+    packing: the window holds `window` batches' worth of tokens (`window * batch_size * max_len`) and is packed
+    best-fit-decreasing into rows of `max_len`, which fills rows to within the size of the window's smallest samples.
+    group_by_length: a window of `window` batches is sorted by (modality, length bucket) and the batch order
+    shuffled, which removes most padding.
     """
 
     def __init__(self, batch_size: int, max_len: int, *, packing: bool = False, group_by_length: bool = True,
                  on_error: str = "raise", seed: int = 0, window: int = 16):
         self.batch_size, self.max_len, self.packing = batch_size, max_len, packing
-        self.window = window if group_by_length and not packing else 1
+        self.window = window if group_by_length or packing else 1
         self.on_error, self.seed = on_error, seed
         self.counts: Counter[str] = Counter()
         """`skipped_<reason>` and `truncated` sample counts; saved in checkpoints, logged in metrics.jsonl."""
@@ -63,63 +66,79 @@ class Batcher:
             elif not self._recounting:
                 self.counts[f"skipped_{item.reason}"] += 1
 
-    def __call__(self, items: Iterator[Item], state: DataState) -> Iterator[tuple[list[Row], DataState]]:
+    def _window_full(self, samples: int, tokens: int) -> bool:
         if self.packing:
-            yield from self._packed(items, state)
-        else:
-            yield from self._windows(items, state)
+            return tokens >= self.window * self.batch_size * self.max_len
+        return samples == self.window * self.batch_size
 
-    def _windows(self, items: Iterator[Item], state: DataState) -> Iterator[tuple[list[Row], DataState]]:
-        size = self.batch_size * self.window
+    def __call__(self, items: Iterator[Item], state: DataState) -> Iterator[tuple[list[Row], DataState]]:
         start, skip = state.start, state.skip_batches
-        window: list[Item] = []
-        last = start - 1
+        window: list[dict] = []
+        tokens, last = 0, start - 1
         self._recounting = skip > 0  # a window is read whole before its first batch, so it was counted then
         for item in self._valid(items):
-            window.append(item)
+            window.append(item.value)
+            tokens += len(item.value["input_ids"])
             last = item.index
-            if len(window) == size:
+            if self._window_full(len(window), tokens):
                 yield from self._emit_window(window, state.epoch, start, last + 1, skip)
-                window, start, skip, self._recounting = [], last + 1, 0, False
+                window, tokens, start, skip, self._recounting = [], 0, last + 1, 0, False
         if window:
             yield from self._emit_window(window, state.epoch, start, last + 1, skip)
 
-    def _emit_window(self, window: list[Item], epoch: int, start: int, end: int, skip: int):
-        samples = [it.value for it in window]
+    def _emit_window(self, samples: list[dict], epoch: int, start: int, end: int, skip: int):
         rng = random.Random(f"{self.seed}-{epoch}-{start}")
+        batches = self._packed(samples, rng) if self.packing else self._grouped(samples, rng)
+        for i, batch in enumerate(batches):
+            if i < skip:
+                continue
+            done = i + 1 == len(batches)
+            yield batch, DataState(epoch, end if done else start, 0 if done else i + 1)
+
+    def _grouped(self, samples: list[dict], rng: random.Random) -> list[list[Row]]:
+        samples = list(samples)
         if self.window > 1:
             # Shuffle, then a stable sort by length *bucket*: batches mix samples of similar length instead of
             # identical length, which in templated data means identical prompts (one task per batch).
             rng.shuffle(samples)
             samples.sort(key=lambda s: (s["modality"], len(s["input_ids"]) // LENGTH_BUCKET))
-        batches = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
+        batches = [[[s] for s in samples[i:i + self.batch_size]] for i in range(0, len(samples), self.batch_size)]
         if self.window > 1:
             rng.shuffle(batches)
-        for i, batch in enumerate(batches):
-            if i < skip:
-                continue
-            done = i + 1 == len(batches)
-            yield [[s] for s in batch], DataState(epoch, end if done else start, 0 if done else i + 1)
+        return batches
 
-    def _packed(self, items: Iterator[Item], state: DataState) -> Iterator[tuple[list[Row], DataState]]:
-        rows: list[Row] = []
-        lengths: list[int] = []
-        self._recounting = False
-        for item in self._valid(items):
-            n = len(item.value["input_ids"])
-            fit = next((r for r, used in enumerate(lengths) if used + n <= self.max_len), None)
-            if fit is None and len(rows) == self.batch_size:
-                yield rows, DataState(state.epoch, item.index, 0)
-                rows, lengths, fit = [], [], None
-            if fit is None:
-                rows.append([])
-                lengths.append(0)
-                fit = len(rows) - 1
-            rows[fit].append(item.value)
-            lengths[fit] += n
-            last = item.index
-        if rows:
-            yield rows, DataState(state.epoch, last + 1, 0)
+    def _packed(self, samples: list[dict], rng: random.Random) -> list[list[Row]]:
+        """Rows fullest first, split into as few batches as `batch_size` allows with near-equal row counts (131
+        rows at batch 8 make 17 batches of 7-8 rows, not 16 of 8 and one of 3); the few underfilled rows share
+        the last batch, whose width is theirs. The batch order is shuffled."""
+        samples = list(samples)
+        rng.shuffle(samples)  # equal lengths pack in a seeded order, not the stream's
+        rows = best_fit_decreasing(samples, self.max_len)
+        rows.sort(key=lambda row: -sum(len(s["input_ids"]) for s in row))
+        n_batches = -(-len(rows) // self.batch_size)
+        bounds = [len(rows) * b // n_batches for b in range(n_batches + 1)]
+        batches = [rows[a:b] for a, b in zip(bounds, bounds[1:])]
+        rng.shuffle(batches)
+        return batches
+
+
+def best_fit_decreasing(samples: list[dict], max_len: int) -> list[Row]:
+    """Longest samples first, each into the row it leaves least room in (a new row when none has room); a sample
+    longer than max_len (the encoder truncates, so only from other callers) gets a row of its own."""
+    rows: list[Row] = []
+    free: list[tuple[int, int]] = []  # (tokens left, row index), sorted; full rows leave the list
+    for s in sorted(samples, key=lambda s: -len(s["input_ids"])):
+        n = len(s["input_ids"])
+        at = bisect.bisect_left(free, (n, -1))
+        if at < len(free):
+            room, r = free.pop(at)
+        else:
+            room, r = max_len, len(rows)
+            rows.append([])
+        rows[r].append(s)
+        if room - n > 0:
+            bisect.insort(free, (room - n, r))
+    return rows
 
 
 def collate(rows: list[Row], pad_id: int) -> dict:

@@ -77,6 +77,10 @@ class OpenClipEncoder(nn.Module):
         self.num_tokens: int = _token_count(args.tokens, math.prod(self.visual.grid_size), has_cls=True)
         self.image_size: int = self.visual.image_size[0]
 
+    def checkpoint_activations(self) -> None:
+        """Recompute the tower's blocks in the backward pass (open_clip checkpoints them non-reentrantly)."""
+        self.visual.set_grad_checkpointing(True)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] normalised pixels -> [B, N, D] features of the kept last block."""
         out = self.visual.forward_intermediates(
@@ -191,6 +195,10 @@ class HFClipEncoder(nn.Module):
         self.out_dim: int = vision.hidden_size
         self.image_size: int = vision.image_size
         self.num_tokens: int = _token_count(args.tokens, (vision.image_size // vision.patch_size) ** 2, tower.has_cls)
+
+    def checkpoint_activations(self) -> None:
+        """Recompute the tower's layers in the backward pass (non-reentrant, as for the LLM)."""
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] normalised pixels -> [B, N, D] features of the last built block."""

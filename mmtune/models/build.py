@@ -34,11 +34,26 @@ def build_model(cfg: RunConfig):
     if encoder is not None:
         encoder = apply_tuning(encoder, tuning.encoder, tuning.lora, "tuning.encoder")
         bridge = apply_tuning(bridge, tuning.bridge, tuning.lora, "tuning.bridge")
+    if cfg.train.activation_checkpointing:
+        checkpoint_activations(llm, encoder)
     model = MultimodalLM(llm, encoder, bridge)
     model.from_scratch = from_scratch
     if cfg.model.init_from:
         load_weights(model, Path(cfg.model.init_from), field="model.init_from")
     return model, tokenizer
+
+
+def checkpoint_activations(llm, encoder) -> None:
+    """Activation checkpointing in the LLM (gradients cross it even when frozen, towards the bridge) and in the
+    encoder when it trains. Non-reentrant checkpoints need no input that requires grad, so frozen embeddings and
+    LoRA work with the inputs_embeds MultimodalLM passes (transformers still hooks the input embeddings, as peft
+    would)."""
+    try:
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    except ValueError as e:  # transformers: "<Model> does not support activation checkpointing."
+        raise ConfigError(f"train.activation_checkpointing: {e}") from None
+    if encoder is not None and any(p.requires_grad for p in encoder.parameters()):
+        encoder.checkpoint_activations()
 
 
 def names_to_save(model) -> list[str]:

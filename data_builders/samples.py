@@ -32,8 +32,9 @@ class MediaRef:
 
 
 def make_sample(where: Where, ctx: Context, messages: list[Message], media: Sequence[MediaRef] = (), *,
-                field: str = "messages", sample_id: str | None = None) -> Sample:
-    """A validated Sample with its media read and checked. `field` names the turns in placeholder errors.
+                field: str = "messages", sample_id: str | None = None, target: MediaRef | None = None) -> Sample:
+    """A validated Sample with its media (and edit `target`, read after them) read and checked. `field` names the
+    turns in placeholder errors.
 
     The id is `sample_id`, else the record's own id, else `{source}-{record number}`.
     """
@@ -43,8 +44,12 @@ def make_sample(where: Where, ctx: Context, messages: list[Message], media: Sequ
         member, data_bytes = _read(ref, i, where, ctx)
         refs.append(Media(ref.kind, member))
         data[member] = data_bytes
+    target_ref = None
+    if target is not None:
+        member, data[member] = _read(target, len(media), where, ctx)
+        target_ref = Media(target.kind, member)
     sample = Sample(id=sample_id or where.id or f"{ctx.source}-{where.record}", messages=messages,
-                    source=ctx.source, media=refs, data=data)
+                    source=ctx.source, media=refs, data=data, target=target_ref)
     validate(sample, str(where))
     return sample
 

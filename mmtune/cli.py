@@ -1,4 +1,4 @@
-"""`mmtune train | build-data | chat | export | eval | demo`. Heavy libraries are imported inside each command, so `--help` and
+"""`mmtune train | build-data | chat | export | eval | edit | demo`. Heavy libraries are imported inside each command, so `--help` and
 config errors come back at once. User errors print one line and exit 2, without a traceback."""
 from __future__ import annotations
 
@@ -100,6 +100,12 @@ def _eval(args) -> int:
     return run(args)
 
 
+def _edit(args) -> int:
+    from mmtune.infer.edit import run
+
+    return run(args)
+
+
 def _demo(args) -> int:
     from mmtune.demo import main
 
@@ -139,6 +145,11 @@ def parser() -> argparse.ArgumentParser:
 
     eval_arguments(v)
     v.set_defaults(func=_eval)
+    ed = sub.add_parser("edit", help="edit an image with a trained image editor (InstructPix2Pix)")
+    from mmtune.infer.edit import add_arguments as edit_arguments
+
+    edit_arguments(ed)
+    ed.set_defaults(func=_edit)
     d = sub.add_parser("demo", help="the built-in vision-language demo: synthetic shapes, train, held-out accuracy")
     from mmtune.demo import add_arguments as demo_arguments
 

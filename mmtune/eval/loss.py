@@ -14,23 +14,25 @@ import torch
 
 from mmtune.config import RunConfig
 from mmtune.data.packing import Batcher, DataState
-from mmtune.data.pipeline import iterate_batches, sample_encoder
-from mmtune.models.objectives import get_objective
+from mmtune.data.pipeline import iterate_batches
+from mmtune.models.kinds import sample_encoder
+from mmtune.models.objectives import build_objective
 
 
 @torch.no_grad()
-def mean_loss(model, batches: Iterable[tuple[dict, object]], objective: Callable, *, sparse: bool = True,
-              max_batches: int | None = None, precision: Callable = contextlib.nullcontext) -> dict:
-    """Summed objective over (the first `max_batches` of) `batches` divided by their supervised tokens.
+def mean_loss(model, batches: Iterable[tuple[dict, object]], objective: Callable, *, max_batches: int | None = None,
+              precision: Callable = contextlib.nullcontext) -> dict:
+    """Summed objective over (the first `max_batches` of) `batches` divided by what it counts (supervised tokens
+    for sft, images for an editor).
 
-    Returns {"loss", "perplexity", "supervised_tokens", "batches"}; loss is 0 and perplexity 1 when no token was
-    supervised. `precision` makes the context each forward runs in (autocast for bf16 training)."""
+    Returns {"loss", "perplexity", "supervised_tokens", "batches"} ("supervised_tokens" holds that count); loss is
+    0 and perplexity 1 when nothing was counted. `precision` makes the context each forward runs in (autocast for
+    bf16 training)."""
     dev = next(model.parameters()).device
     total, count, n = 0.0, 0, 0
     for batch, _ in itertools.islice(batches, max_batches):
         with precision():
-            out = objective(model, {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()},
-                            sparse=sparse)
+            out = objective(model, {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
         total, count, n = total + float(out.loss_sum), count + out.count, n + 1
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(loss), "supervised_tokens": count, "batches": n}
@@ -46,6 +48,5 @@ def heldout_loss(model, tokenizer, cfg: RunConfig, shards: list[str], max_batche
                       group_by_length=False, on_error=d.on_error, seed=cfg.train.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = iterate_batches(shards, encoder, batcher, pad_id, DataState(), shuffle=False, epochs=1)
-    result = mean_loss(model.eval(), batches, get_objective(cfg.train.objective), sparse=cfg.train.sparse_lm_head,
-                       max_batches=max_batches)
+    result = mean_loss(model.eval(), batches, build_objective(cfg, model), max_batches=max_batches)
     return {**result, "counts": dict(batcher.counts)}

@@ -17,7 +17,8 @@ from mmtune.errors import ConfigError
 
 def load_checkpoint(path: str | Path):
     """A checkpoint directory, or a run directory (its newest checkpoint) -> (model, tokenizer, cfg)."""
-    from mmtune.models.build import build_model, list_checkpoints, load_weights
+    from mmtune.models.build import list_checkpoints, load_weights
+    from mmtune.models.kinds import get_kind
 
     path = Path(path)
     if not (path / "config.yaml").is_file() or not (path / "model.safetensors").is_file():
@@ -27,7 +28,7 @@ def load_checkpoint(path: str | Path):
         path = found[-1]
     cfg = load_config(path / "config.yaml")
     cfg.model.init_from = ""
-    model, tokenizer = build_model(cfg)
+    model, tokenizer = get_kind(cfg.model.kind).build(cfg)
     load_weights(model, path)
     return model.eval(), tokenizer, cfg
 

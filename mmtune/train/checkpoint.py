@@ -79,7 +79,7 @@ def write_weights(ckpt: Path, model, weights: dict[str, torch.Tensor]) -> None:
     """model.safetensors, and the LoRA part also as a peft `adapter/` (from the same whole tensors, so a sharded
     engine's adapter is as complete as a single process's)."""
     save_file(weights, str(ckpt / "model.safetensors"))
-    if hasattr(model.llm, "peft_config"):
+    if hasattr(getattr(model, "llm", None), "peft_config"):
         llm_part = {k[len("llm."):]: v for k, v in weights.items() if k.startswith("llm.")}
         model.llm.save_pretrained(str(ckpt / "adapter"), state_dict=llm_part)
 

@@ -1,7 +1,7 @@
-"""The one training loop, for every recipe and every engine. It reads top to bottom: batches -> global supervised
-token count -> objective -> backward (scaled by that count), and at each accumulation boundary: clip, step unless
-non-finite on any rank, schedule, log, evaluate, checkpoint. It knows nothing of modalities (models/, data/), loss
-details (models/objectives.py) or how processes cooperate (engine.py).
+"""The one training loop, for every recipe and every engine. It reads top to bottom: batches -> global count
+(what the objective normalises by) -> objective -> backward (scaled by that count), and at each accumulation
+boundary: clip, step unless non-finite on any rank, schedule, log, evaluate, checkpoint. It knows nothing of model
+kinds and modalities (models/kinds.py, data/), loss details (models/objectives.py) or how processes cooperate (engine.py).
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from tqdm import tqdm
 
 from mmtune.config import RunConfig, save_config
 from mmtune.data.packing import Batcher, DataState, padding_fraction
-from mmtune.data.pipeline import SampleEncoder, iterate_batches, sample_encoder
+from mmtune.data.pipeline import SampleEncoder, iterate_batches
 from mmtune.data.shards import count_samples, expand_shards
 from mmtune.errors import ConfigError, TrainingError
 from mmtune.eval.loss import mean_loss
-from mmtune.models.objectives import get_objective
+from mmtune.models.kinds import sample_encoder
+from mmtune.models.objectives import Objective, build_objective
 from mmtune.train import checkpoint
 from mmtune.train.engine import Engine, build_engine, process_env
 from mmtune.train.runlog import RunLog
@@ -58,7 +59,7 @@ def autocast(cfg: RunConfig):
 def make_batches(cfg: RunConfig, shards: list[str], encoder: SampleEncoder, pad_id: int, state: DataState,
                  *, train: bool, rank: int = 0, world: int = 1):
     d = cfg.data
-    batcher = Batcher(cfg.train.batch_size, d.max_len, packing=d.packing and not encoder.seq2seq,
+    batcher = Batcher(cfg.train.batch_size, d.max_len, packing=d.packing and encoder.packable,
                       group_by_length=d.group_by_length, on_error=d.on_error, seed=cfg.train.seed)
     it = iterate_batches(shards, encoder, batcher, pad_id, state, seed=cfg.train.seed, shuffle=d.shuffle and train,
                          shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers, epochs=None if train else 1,
@@ -69,7 +70,7 @@ def make_batches(cfg: RunConfig, shards: list[str], encoder: SampleEncoder, pad_
 def steps_for_epochs(cfg: RunConfig, shards: list[str], encoder: SampleEncoder, pad_id: int, world: int) -> int:
     """`train.epochs` as optimizer steps: samples / (batch x processes x accumulation), or with packing the packed
     batches of one rank's first epoch (packing decides how many samples a row holds), rounded up."""
-    if cfg.data.packing and not encoder.seq2seq:
+    if cfg.data.packing and encoder.packable:
         batches, _ = make_batches(cfg, shards, encoder, pad_id, DataState(), train=False, world=world)
         per_epoch = sum(1 for _ in tqdm(batches, desc="counting packed batches for train.epochs", leave=False))
     else:
@@ -81,12 +82,13 @@ def to_device(batch: dict, dev: torch.device) -> dict:
     return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def evaluate(model, cfg: RunConfig, shards: list[str], encoder: SampleEncoder, pad_id: int) -> float:
-    """Mean loss per supervised token over the first `train.eval_batches` batches of the held-out shards."""
+def evaluate(model, objective: Objective, cfg: RunConfig, shards: list[str], encoder: SampleEncoder,
+             pad_id: int) -> float:
+    """Mean loss per counted unit (supervised token, image) over the first `train.eval_batches` held-out batches."""
     batches, _ = make_batches(cfg, shards, encoder, pad_id, DataState(), train=False)
     model.eval()
-    result = mean_loss(model, batches, get_objective(cfg.train.objective), sparse=cfg.train.sparse_lm_head,
-                       max_batches=cfg.train.eval_batches, precision=lambda: autocast(cfg))
+    result = mean_loss(model, batches, objective, max_batches=cfg.train.eval_batches,
+                       precision=lambda: autocast(cfg))
     model.train()
     return result["loss"]
 
@@ -114,6 +116,7 @@ class Run:
     module: torch.nn.Module
     """What the engine made of `model` for the training forward pass (e.g. the DDP or DeepSpeed wrapper)."""
     engine: Engine
+    objective: Objective
     tokenizer: object
     sizes: tuple[int, int]
     """(trainable, total) parameters, counted before any sharding."""
@@ -132,7 +135,7 @@ class Run:
 
 def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
     """Engine, shards, model, optimizer, schedule; then the checkpoint to resume from, if any."""
-    from mmtune.models.build import build_model
+    from mmtune.models.kinds import get_kind
 
     engine = build_engine(cfg.train.engine, cfg.train)
     run_dir = Path(cfg.train.out_dir)
@@ -141,12 +144,13 @@ def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
         raise ConfigError("data.train: no shards given (build some with `mmtune build-data`)")
     train_shards = expand_shards(cfg.data.train, "data.train")
     eval_shards = expand_shards(cfg.data.eval, "data.eval") if cfg.data.eval else []
-    model, tokenizer = build_model(cfg)
+    model, tokenizer = get_kind(cfg.model.kind).build(cfg)
     sizes = (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
     encoder = sample_encoder(cfg, model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if cfg.train.epochs:  # before the schedule, which is laid out over train.steps
         cfg.train.steps = steps_for_epochs(cfg, train_shards, encoder, pad_id, engine.world)
+    objective = build_objective(cfg, model)
     module = engine.wrap(model, lambda params: torch.optim.AdamW(params, lr=cfg.train.lr,
                                                                  weight_decay=cfg.train.weight_decay))
     optimizer = engine.optimizer
@@ -161,7 +165,7 @@ def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
     batches, batcher = make_batches(cfg, train_shards, encoder, pad_id, DataState(**state["data"]), train=True,
                                     rank=engine.rank, world=engine.world)
     batcher.counts.update(state["counts"])
-    return Run(cfg, model, module, engine, tokenizer, sizes, optimizer, scheduler, state, log, batches, batcher,
+    return Run(cfg, model, module, engine, objective, tokenizer, sizes, optimizer, scheduler, state, log, batches, batcher,
                encoder, pad_id, eval_shards, callbacks, ckpt)
 
 
@@ -169,7 +173,10 @@ def announce(run: Run) -> None:
     trainable, total = run.sizes
     where = f"resumed from {run.resumed_from}" if run.resumed_from else f"run dir {run.cfg.train.out_dir}"
     engine = f" | {run.engine.name} x {run.engine.world}" if run.engine.world > 1 else ""
-    run.log.say(f"mmtune: {run.cfg.model.llm} | trainable {trainable:,} / {total:,} params | {where}{engine}")
+    from mmtune.models.kinds import get_kind
+
+    name = get_kind(run.cfg.model.kind).describe(run.cfg)
+    run.log.say(f"mmtune: {name} | trainable {trainable:,} / {total:,} params | {where}{engine}")
     if run.cfg.train.epochs:
         run.log.say(f"train.epochs={run.cfg.train.epochs:g}: {run.cfg.train.steps} optimizer steps")
     if run.cfg.train.precision == "bf16" and (ratio := slow_cpu_bf16()) > 1.5:
@@ -187,7 +194,7 @@ def run_eval(run: Run, step: int) -> None:
 def _eval_record(run: Run, step: int) -> None:
     record = {"step": step}
     if run.eval_shards:
-        record["eval_loss"] = evaluate(run.model, run.cfg, run.eval_shards, run.encoder, run.pad_id)
+        record["eval_loss"] = evaluate(run.model, run.objective, run.cfg, run.eval_shards, run.encoder, run.pad_id)
         run.log.say(f"step {step}: eval loss {record['eval_loss']:.4f}")
     if run.cfg.train.sample_prompts:
         record["generations"] = sample_generations(run.model, run.tokenizer, run.cfg, run.log, step)
@@ -200,17 +207,17 @@ def _eval_record(run: Run, step: int) -> None:
 def train_step(run: Run) -> dict:
     """One optimizer step over `grad_accum` micro-batches on every rank; returns what the log records."""
     t, state, engine = run.cfg.train, run.state, run.engine
-    objective = get_objective(t.objective)
     micro = [next(run.batches) for _ in range(t.grad_accum)]
-    # Weight by supervised tokens across the whole accumulation step and every rank (engines average over ranks).
-    count = int(engine.sum([sum(batch["supervised_tokens"] for batch, _ in micro)])[0])
+    # Weight by the objective's count (supervised tokens, images) across the whole accumulation step and every
+    # rank (engines average over ranks).
+    count = int(engine.sum([sum(run.objective.count(batch) for batch, _ in micro)])[0])
     scale = engine.world / max(count, 1)
     loss_sum, ids, pad, tokens = 0.0, [], 0.0, 0
     for i, (batch, data_state) in enumerate(micro):
         batch = to_device(batch, engine.device)
         with engine.micro_batch(run.module, last=i == t.grad_accum - 1):
             with autocast(run.cfg):
-                out = objective(run.module, batch, sparse=t.sparse_lm_head)
+                out = run.objective(run.module, batch)
             engine.backward(out.loss_sum * scale)
         loss_sum += float(out.loss_sum.detach())
         ids += batch["sample_ids"]
@@ -232,7 +239,7 @@ def train_step(run: Run) -> dict:
     state["tokens"] += count
     run.log.data_order(state["step"], ids)
     return {"step": state["step"], "loss": loss, "lr": run.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-            "supervised_tokens": count, "tokens": int(tokens), "padding": pad / engine.world,
+            run.objective.unit: count, "tokens": int(tokens), "padding": pad / engine.world,
             "bad_steps": state["bad_steps"], **counts}
 
 

@@ -19,6 +19,7 @@ FIXTURES = {
                                                                  {"from": "gpt", "value": "a"}]}],
     "mllm": [{"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "a"}],
               "images": ["a.png"]}],
+    "ip2p": [{"input_image": "a.png", "edit_prompt": "make it blue", "edited_image": "a.png"}],
 }
 
 
@@ -38,7 +39,8 @@ def test_every_builder_round_trips_its_fixture(name, build_read, write_json, ima
     image = image_file("a.png").read_bytes()
     report, samples = build_read(name, write_json("f.json", FIXTURES[name]))
     assert report.train == len(samples) == 1
-    assert [m.role for m in samples[0].messages] == ["user", "assistant"]
+    edit = samples[0].target is not None  # an edit triplet learns from its target image, not a reply
+    assert [m.role for m in samples[0].messages] == (["user"] if edit else ["user", "assistant"])
     assert [samples[0].data[m.member] for m in samples[0].media] == [image] * len(samples[0].media)
 
 
@@ -126,7 +128,7 @@ def test_nothing_written_is_an_error(tmp_path, write_json):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"name": "dolly"}, ConfigError, r"unknown builder 'dolly'; choose one of \['alpaca', 'llava', 'mllm', 'oasst'"),
+    ({"name": "dolly"}, ConfigError, r"unknown builder 'dolly'; choose one of \['alpaca', 'ip2p', 'llava', 'mllm', 'oasst'"),
     ({"all_paths": True}, ConfigError, r"builder 'alpaca' has no option 'all_paths' \(its options: none\)"),
     ({"on_error": "ignore"}, ConfigError, r"on_error must be one of \('raise', 'skip'\), got 'ignore'"),
     ({"eval_fraction": 1.0}, ConfigError, r"eval_fraction must be in \[0, 1\), got 1.0"),

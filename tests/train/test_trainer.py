@@ -71,11 +71,12 @@ def test_gradient_accumulation_is_token_weighted(tmp_path):
 
 
 def test_non_finite_steps_are_skipped_then_abort(tmp_path, monkeypatch):
-    def nan_loss(model, batch, sparse=True):
-        out = objectives.sft(model, batch, sparse)
-        return objectives.LossOut(out.loss_sum * float("nan"), out.count)
+    class NanLoss(objectives.SFT):
+        def __call__(self, model, batch):
+            out = super().__call__(model, batch)
+            return objectives.LossOut(out.loss_sum * float("nan"), out.count)
 
-    monkeypatch.setitem(objectives.OBJECTIVES, "sft", nan_loss)
+    monkeypatch.setitem(objectives.OBJECTIVES, "sft", NanLoss)
     shards = write_text_shards(tmp_path / "d", 16)
     cfg = tiny_config(tmp_path / "run", shards, "train.max_bad_steps=2", "train.steps=10")
     with pytest.raises(TrainingError, match=r"3 non-finite steps exceed train\.max_bad_steps=2"):

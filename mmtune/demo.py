@@ -122,4 +122,6 @@ def mmtune_command() -> str:
 def _encoder_image_size(cfg) -> int:
     from mmtune.encoders import build_encoder
 
-    return build_encoder(cfg.model.encoder).image_size
+    if cfg.model.media.image is None:
+        raise UserError("the shapes demo needs an image encoder: set model.media.image in the recipe")
+    return build_encoder(cfg.model.media.image.encoder).image_size

@@ -58,20 +58,23 @@ def _check_lm_names(cfg: RunConfig, where: str) -> None:
     try:
         check_choice(cfg.data.template, TEMPLATES, "data.template")
         _check_llm(cfg.model.llm)
-        if cfg.model.encoder is not None:
-            from mmtune.encoders import encoder_class
-
-            encoder_class(cfg.model.encoder)
-        if cfg.model.bridge is not None:
-            from mmtune.bridges import check_bridge
-
-            check_bridge(cfg.model.bridge)
+        _check_media(cfg)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    if cfg.model.encoder is not None:
+    for kind, part in cfg.model.media.parts().items():
         from mmtune.encoders import encoder_args
 
-        encoder_args(cfg.model.encoder, where)  # names `where` itself
+        encoder_args(part.encoder, kind, where)  # names `where` itself
+
+
+def _check_media(cfg: RunConfig) -> None:
+    """Each kind's encoder name is one that serves the kind, its bridge name is known."""
+    for kind, part in cfg.model.media.parts().items():
+        from mmtune.bridges import check_bridge
+        from mmtune.encoders import encoder_class
+
+        encoder_class(part.encoder, kind)
+        check_bridge(part.bridge, f"model.media.{kind}.bridge")
 
 
 def _check_llm(source: str) -> None:

@@ -21,8 +21,8 @@ def recipe_problems(path: Path) -> list[str]:
     them), then the encoder and bridge built from their arguments (small or random towers: about a second)."""
     try:
         cfg = load_recipe(path)
-        if cfg.model.encoder is not None:
-            build_bridge(cfg.model.bridge, build_encoder(cfg.model.encoder).out_dim, 8)
+        for kind, part in cfg.model.media.parts().items():
+            build_bridge(part.bridge, build_encoder(part.encoder, kind).out_dim, 8)
     except ConfigError as e:
         return [str(e)]
     return []
@@ -43,12 +43,12 @@ def test_every_recipe_names_known_components_with_valid_arguments(path):
     ("tuning.bridge=lorra", "tuning.bridge"),
     ("model.llm=tiny:lama", "model.llm"),
     ("model.llm=smollm2-1.7b", "model.llm"),
-    ("model.encoder.name=clipp", "model.encoder.name"),
-    ("model.encoder.args.archh=mmtune-vit-demo", "model.encoder.args.archh"),
-    ("model.encoder.args.arch=mmtune-vit-huge", "model.encoder.args.arch"),
-    ("model.encoder.args.layer=12", "model.encoder.args.layer"),
-    ("model.bridge.name=mlp_gelu", "model.bridge.name"),
-    ("model.bridge.args={hidden: 32}", "model.bridge.args.hidden"),
+    ("model.media.image.encoder.name=clipp", "model.media.image.encoder.name"),
+    ("model.media.image.encoder.args.archh=mmtune-vit-demo", "model.media.image.encoder.args.archh"),
+    ("model.media.image.encoder.args.arch=mmtune-vit-huge", "model.media.image.encoder.args.arch"),
+    ("model.media.image.encoder.args.layer=12", "model.media.image.encoder.args.layer"),
+    ("model.media.image.bridge.name=mlp_gelu", "model.media.image.bridge.name"),
+    ("model.media.image.bridge.args={hidden: 32}", "model.media.image.bridge.args.hidden"),
 ])
 def test_a_broken_recipe_is_caught(tmp_path, override, field):
     raw = yaml.safe_load(GOOD_RECIPE.read_text())
@@ -63,7 +63,8 @@ def test_overrides_and_types(tmp_path):
     cfg = load_config(None, ["train.lr=1e-4", "train.steps=7", "data.packing=true", "data.train=[a.tar, b.tar]",
                              "tuning.lora.r=4", "model.encoder={name: clip}", "model.bridge={name: linear}"])
     assert cfg.train.lr == 1e-4 and cfg.train.steps == 7 and cfg.data.packing is True
-    assert cfg.data.train == ["a.tar", "b.tar"] and cfg.tuning.lora.r == 4 and cfg.model.bridge.name == "linear"
+    assert cfg.data.train == ["a.tar", "b.tar"] and cfg.tuning.lora.r == 4
+    assert cfg.model.media.image.bridge.name == "linear" and cfg.model.encoder is None  # shorthand moved there
 
 
 def test_resolved_config_round_trips(tmp_path):
@@ -81,7 +82,8 @@ def test_resolved_config_round_trips(tmp_path):
     ("data.packing=maybe", r"data\.packing must be bool"),
     ("data.overlong=cut", r"data\.overlong must be one of \['truncate', 'skip', 'error'\]"),
     ("train.batch_size=0", r"train\.batch_size must be > 0"),
-    ("model.encoder={name: clip}", r"model\.bridge must be set"),
+    ("model.encoder={name: clip}", r"model\.media\.image\.bridge must be set"),
+    ("model.media.video={bridge: {name: linear}}", r"model\.media\.video\.encoder must be set"),
     ("train.lr", r"expected section\.key=value"),
 ])
 def test_bad_overrides_name_the_key(override, message):

@@ -1,6 +1,6 @@
 """Bridges: encoder features [B, N, D] -> LLM input embeddings [B, M, H], spliced in at the media placeholders.
 
-`BRIDGES` maps `model.bridge.name` to a class built as `cls(in_dim, out_dim)`: D comes from the encoder and H from
+`BRIDGES` maps `model.media.<kind>.bridge.name` to a class built as `cls(in_dim, out_dim)`: D comes from the encoder and H from
 the LLM, so a projector needs no arguments. `mlp<N>x_gelu` builds an N-layer MLP for any N; as in LLaVA, the name
 is the whole configuration.
 """
@@ -33,18 +33,18 @@ BRIDGES: dict[str, type] = {
 MLP_NAME = re.compile(r"mlp([1-9][0-9]*)x_gelu")
 
 
-def check_bridge(cfg: ComponentConfig) -> None:
-    """A known name (or mlp<N>x_gelu) and no arguments; ConfigError names the bad `model.bridge.*` key."""
+def check_bridge(cfg: ComponentConfig, key: str = "model.media.image.bridge") -> None:
+    """A known name (or mlp<N>x_gelu) and no arguments; ConfigError names the bad `key.*` (the kind's bridge)."""
     if not MLP_NAME.fullmatch(cfg.name):
-        check_choice(cfg.name, BRIDGES, "model.bridge.name", extra="or mlp<N>x_gelu for any N")
+        check_choice(cfg.name, BRIDGES, f"{key}.name", extra="or mlp<N>x_gelu for any N")
     if cfg.args:
-        raise ConfigError(f"model.bridge.args.{next(iter(cfg.args))}: unknown argument; {cfg.name} takes none "
+        raise ConfigError(f"{key}.args.{next(iter(cfg.args))}: unknown argument; {cfg.name} takes none "
                           "(its widths come from the encoder and the LLM)")
 
 
-def build_bridge(cfg: ComponentConfig, in_dim: int, out_dim: int) -> Bridge:
+def build_bridge(cfg: ComponentConfig, in_dim: int, out_dim: int, key: str = "model.media.image.bridge") -> Bridge:
     """The bridge `cfg.name` from encoder width `in_dim` to LLM width `out_dim`; ConfigError names the bad key."""
-    check_bridge(cfg)
+    check_bridge(cfg, key)
     if mlp := MLP_NAME.fullmatch(cfg.name):
         return MLPProjector(in_dim, out_dim, depth=int(mlp[1]))
     return BRIDGES[cfg.name](in_dim, out_dim)

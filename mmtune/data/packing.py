@@ -2,8 +2,8 @@
 
 Batches are made from *consecutive* stream items (a window), so the position after any batch is a small
 `DataState` (epoch, first stream index of the current window, batches of the window already yielded) and resuming
-from it reproduces the same batches exactly. An encoded sample is a dict: id, input_ids, labels, pixel_values
-(tensor [n, 3, H, W] or None) and modality.
+from it reproduces the same batches exactly. An encoded sample is a dict: id, input_ids, labels, media
+({kind: array [n, *item_shape]}, empty for text) and modality.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from mmtune.data.shards import Item
-from mmtune.data.templates import IGNORE
+from mmtune.data.templates import IGNORE, MEDIA_TOKEN_IDS
 from mmtune.errors import DataError
 
 
@@ -150,7 +150,7 @@ def collate(rows: list[Row], pad_id: int) -> dict:
     labels = torch.full(shape, IGNORE, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     seq_ids = torch.full(shape, -1, dtype=torch.long)
-    pixels, ids, n = [], [], 0
+    media, ids, n = [], [], 0
     for r, row in enumerate(rows):
         at = 0
         for s in row:
@@ -159,13 +159,12 @@ def collate(rows: list[Row], pad_id: int) -> dict:
             labels[r, at:at + length] = torch.tensor(s["labels"])
             position_ids[r, at:at + length] = torch.arange(length)
             seq_ids[r, at:at + length] = n
-            if s.get("pixel_values") is not None:
-                pixels.append(s["pixel_values"])
+            media.append(s.get("media") or {})
             ids.append(s["id"])
             at += length
             n += 1
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "seq_ids": seq_ids,
-            "pixel_values": _images(pixels), "sample_ids": ids,
+            "media": _media(media), "sample_ids": ids,
             "packed": any(len(row) > 1 for row in rows),
             "supervised_tokens": int((next_token_targets(labels, seq_ids) != IGNORE).sum())}
 
@@ -195,12 +194,13 @@ def collate_seq2seq(rows: list[Row], pad_id: int) -> dict:
     lengths = torch.tensor([len(s["input_ids"]) for s in samples])
     real = torch.arange(enc_len)[None, :] < lengths[:, None]
     seq_ids = torch.arange(len(samples))[:, None].expand(-1, enc_len).masked_fill(~real, -1)
-    pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
     return {"input_ids": input_ids, "attention_mask": (seq_ids >= 0).long(), "labels": labels, "seq_ids": seq_ids,
-            "pixel_values": _images(pixels), "sample_ids": [s["id"] for s in samples],
+            "media": _media([s.get("media") or {} for s in samples]), "sample_ids": [s["id"] for s in samples],
             "packed": False, "supervised_tokens": int((labels != IGNORE).sum())}
 
 
-def _images(pixels: list) -> torch.Tensor | None:
-    """Per-sample image stacks (numpy from the workers, see SampleEncoder) -> one [n_images, C, H, W] tensor."""
-    return torch.cat([torch.as_tensor(p) for p in pixels]) if pixels else None
+def _media(per_sample: list[dict]) -> dict[str, torch.Tensor]:
+    """Per-sample {kind: array [n, ...]} (numpy from the workers, see SampleEncoder) -> {kind: tensor}, the items of
+    each kind in row order, as the sentinels of that kind appear in the batch."""
+    kinds = [k for k in MEDIA_TOKEN_IDS if any(k in m for m in per_sample)]
+    return {k: torch.cat([torch.as_tensor(m[k]) for m in per_sample if k in m]) for k in kinds}

@@ -12,7 +12,6 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from mmtune.data.media import decode_image
 from mmtune.data.packing import Batcher, DataState, collate, collate_seq2seq
 from mmtune.data.sample import Sample
 from mmtune.data.stream import ShardStream
@@ -23,13 +22,16 @@ from mmtune.errors import DataError, SampleSkip
 
 @dataclass
 class SampleEncoder:
-    """Sample -> dict(id, input_ids, labels, pixel_values, modality). Raises DataError naming the sample."""
+    """Sample -> dict(id, input_ids, labels, media, modality). Raises DataError naming the sample.
+
+    `media_loaders[kind]` is that kind's encoder `preprocess` (bytes -> array); `media` holds one array
+    [n, *item_shape] per kind present in the sample, items in placeholder order."""
     tokenizer: object
     template: str
     max_len: int
     system_prompt: str | None = None
     media_tokens: dict | None = None
-    image_transform: Callable | None = None
+    media_loaders: dict[str, Callable[[bytes, str], np.ndarray]] | None = None
     overlong: str = "truncate"
     seq2seq: bool = False
 
@@ -50,8 +52,7 @@ class SampleEncoder:
         expected = sum((self.media_tokens or {}).get(m.kind, 0) for m in sample.media)
         if enc.truncated and sum(1 for i in enc.input_ids if i < 0) != expected:
             raise SampleSkip(f"{where}: truncation to data.max_len={self.max_len} would cut media", "overlong")
-        pixels = self._pixels(sample, where)
-        return {"id": sample.id, "input_ids": enc.input_ids, "labels": enc.labels, "pixel_values": pixels,
+        return {"id": sample.id, "input_ids": enc.input_ids, "labels": enc.labels, "media": self._media(sample, where),
                 "modality": "+".join(sorted({m.kind for m in sample.media})) or "text", "truncated": enc.truncated}
 
     @property
@@ -64,16 +65,17 @@ class SampleEncoder:
         """Whether several samples may share a row (decoder-only token rows may; encoder-decoder rows not)."""
         return not self.seq2seq
 
-    def _pixels(self, sample: Sample, where: str) -> np.ndarray | None:
+    def _media(self, sample: Sample, where: str) -> dict[str, np.ndarray]:
         """As numpy: it crosses the DataLoader's worker queue by plain pickling, where every torch tensor would
         take a shared-memory segment of its own (about half the per-sample cost of a worker on small images)."""
-        images = [m for m in sample.media if m.kind == "image"]
-        if not images:
-            return None
-        if self.image_transform is None:
-            raise DataError(f"{where}: has images but the model has no image encoder (set model.encoder)")
-        return torch.stack([self.image_transform(decode_image(sample.data[m.member], f"{where} member {m.member!r}"))
-                            for m in images]).numpy()
+        items: dict[str, list[np.ndarray]] = {}
+        for m in sample.media:
+            load = (self.media_loaders or {}).get(m.kind)
+            if load is None:
+                raise DataError(f"{where}: has {m.kind} media but the model has no {m.kind} encoder "
+                                f"(set model.media.{m.kind})")
+            items.setdefault(m.kind, []).append(load(sample.data[m.member], f"{where} member {m.member!r}"))
+        return {kind: np.stack(arrays) for kind, arrays in items.items()}
 
 
 def iterate_batches(shards: list[str], encoder: SampleEncoder, batcher: Batcher, pad_id: int, state: DataState, *,

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, SiglipVisionModel
 
+from mmtune.data.media import ImageLoader
 from mmtune.errors import ConfigError
 
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
@@ -44,7 +45,7 @@ class OpenClipArgs:
 
     def __post_init__(self):
         if not self.arch:
-            raise ConfigError("model.encoder.args.arch must be set, e.g. ViT-L-14-336 or mmtune-vit-tiny")
+            raise ConfigError("model.media.image.encoder.args.arch must be set, e.g. ViT-L-14-336 or mmtune-vit-tiny")
 
 
 @dataclass
@@ -58,7 +59,7 @@ class HFClipArgs:
 
     def __post_init__(self):
         if not self.path:
-            raise ConfigError("model.encoder.args.path must be set to a local Hugging Face model directory")
+            raise ConfigError("model.media.image.encoder.args.path must be set to a local Hugging Face model directory")
 
 
 class OpenClipEncoder(nn.Module):
@@ -76,6 +77,10 @@ class OpenClipEncoder(nn.Module):
         self.out_dim: int = self.visual.transformer.width
         self.num_tokens: int = _token_count(args.tokens, math.prod(self.visual.grid_size), has_cls=True)
         self.image_size: int = self.visual.image_size[0]
+        self.item_shape = (3, self.image_size, self.image_size)
+        self.preprocess = ImageLoader(self.transform)
+        self.from_scratch = not args.pretrained
+        """Random weights: checkpoints must save the tower whole, as it cannot be re-read from a source."""
 
     def checkpoint_activations(self) -> None:
         """Recompute the tower's blocks in the backward pass (open_clip checkpoints them non-reentrantly)."""
@@ -94,15 +99,15 @@ def _open_clip_layers(arch: str) -> int:
     if arch not in open_clip.list_models():  # also refuses hf-hub:/local-dir: schemas, which would download
         close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
         ours = sorted(p.stem for p in MODEL_CONFIGS.glob("*.json"))
-        raise ConfigError(f"model.encoder.args.arch: unknown open_clip architecture {arch!r}; closest: {close}; "
+        raise ConfigError(f"model.media.image.encoder.args.arch: unknown open_clip architecture {arch!r}; closest: {close}; "
                           f"mmtune's own: {ours}; all: open_clip.list_models()")
     cfg = open_clip.get_model_config(arch)
     vision = cfg["vision_cfg"]
     if "timm_model_name" in vision or not isinstance(vision.get("layers"), int):
-        raise ConfigError(f"model.encoder.args.arch: {arch} has a timm or ResNet image tower; the clip encoder "
+        raise ConfigError(f"model.media.image.encoder.args.arch: {arch} has a timm or ResNet image tower; the clip encoder "
                           "takes open_clip ViT towers (use hf_clip for a Hugging Face directory)")
     if "hf_model_name" in cfg["text_cfg"]:
-        raise ConfigError(f"model.encoder.args.arch: {arch} builds its text tower from the Hugging Face hub "
+        raise ConfigError(f"model.media.image.encoder.args.arch: {arch} builds its text tower from the Hugging Face hub "
                           f"({cfg['text_cfg']['hf_model_name']}), which mmtune does not download")
     return vision["layers"]
 
@@ -116,7 +121,7 @@ def _register_model_configs() -> None:
 def _create_open_clip(arch: str, pretrained: str) -> tuple[nn.Module, Callable[[Image.Image], torch.Tensor]]:
     """The whole CLIP model (random, or with the weights in file `pretrained`) and its validation transform."""
     if pretrained and not Path(pretrained).is_file():
-        raise ConfigError(f"model.encoder.args.pretrained: no file {pretrained} (local weights only; nothing is "
+        raise ConfigError(f"model.media.image.encoder.args.pretrained: no file {pretrained} (local weights only; nothing is "
                           "downloaded)")
     try:
         with _quiet_random_init_warning():
@@ -128,7 +133,7 @@ def _create_open_clip(arch: str, pretrained: str) -> tuple[nn.Module, Callable[[
     except Exception as e:  # torch, safetensors and open_clip each raise their own types for a bad file
         if not pretrained:
             raise
-        raise ConfigError(f"model.encoder.args.pretrained: cannot load {pretrained} into {arch}: {e}") from e
+        raise ConfigError(f"model.media.image.encoder.args.pretrained: cannot load {pretrained} into {arch}: {e}") from e
     if not pretrained:
         _say_random_init(arch)
     return model, transform
@@ -157,7 +162,7 @@ def _quiet_random_init_warning():
 @functools.cache
 def _say_random_init(arch: str) -> None:
     logging.getLogger("mmtune").warning(
-        f"model.encoder: {arch} starts from random weights (model.encoder.args.pretrained is empty); intended for "
+        f"model.media.image.encoder: {arch} starts from random weights (model.media.image.encoder.args.pretrained is empty); intended for "
         f"towers trained from scratch or kept random, like the demo's")
 
 
@@ -185,7 +190,7 @@ class HFClipEncoder(nn.Module):
         vision = _hf_vision_config(path)
         tower = _HF_TOWERS[vision.model_type]
         if args.tokens == "cls" and not tower.has_cls:
-            raise ConfigError(f"model.encoder.args.tokens: {vision.model_type} has no class token; use patch")
+            raise ConfigError(f"model.media.image.encoder.args.tokens: {vision.model_type} has no class token; use patch")
         keep = _absolute_layer(args.layer, vision.num_hidden_layers)
         self.transform = _hf_transform(path, vision.image_size)
         self.model = _load_hf_tower(tower, path, num_layers=keep + 1)
@@ -195,6 +200,9 @@ class HFClipEncoder(nn.Module):
         self.out_dim: int = vision.hidden_size
         self.image_size: int = vision.image_size
         self.num_tokens: int = _token_count(args.tokens, (vision.image_size // vision.patch_size) ** 2, tower.has_cls)
+        self.item_shape = (3, self.image_size, self.image_size)
+        self.preprocess = ImageLoader(self.transform)
+        self.from_scratch = False
 
     def checkpoint_activations(self) -> None:
         """Recompute the tower's layers in the backward pass (non-reentrant, as for the LLM)."""
@@ -221,11 +229,11 @@ class HFImageTransform:
 
 def _hf_vision_config(path: Path):
     if not (path / "config.json").is_file():
-        raise ConfigError(f"model.encoder.args.path: {path} is not a Hugging Face model directory (no config.json)")
+        raise ConfigError(f"model.media.image.encoder.args.path: {path} is not a Hugging Face model directory (no config.json)")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     vision = getattr(config, "vision_config", config)
     if vision.model_type not in _HF_TOWERS:
-        raise ConfigError(f"model.encoder.args.path: {path} holds a {config.model_type} model; hf_clip loads "
+        raise ConfigError(f"model.media.image.encoder.args.path: {path} holds a {config.model_type} model; hf_clip loads "
                           f"{', '.join(_HF_TOWERS)} (or full CLIP/SigLIP models)")
     return vision
 
@@ -244,13 +252,13 @@ def _load_hf_tower(tower: _Tower, path: Path, num_layers: int) -> nn.Module:
             path, num_hidden_layers=num_layers, dtype=torch.float32, local_files_only=True,
             output_loading_info=True, ignore_mismatched_sizes=True, **tower.load_kwargs)
     except OSError as e:  # e.g. no weight file in the directory
-        raise ConfigError(f"model.encoder.args.path: cannot load {path}: {e}") from None
+        raise ConfigError(f"model.media.image.encoder.args.path: cannot load {path}: {e}") from None
     finally:
         report.setLevel(level)
     bad = [f"{key} (file {list(file)}, model {list(want)})" for key, file, want in sorted(info["mismatched_keys"])]
     bad += sorted(info["missing_keys"])
     if bad:
-        raise ConfigError(f"model.encoder.args.path: {len(bad)} weights of the vision tower are missing from {path} "
+        raise ConfigError(f"model.media.image.encoder.args.path: {len(bad)} weights of the vision tower are missing from {path} "
                           f"or have another shape, so they would be random: {bad[:3]}")
     return model
 
@@ -260,18 +268,18 @@ def _hf_transform(path: Path, image_size: int) -> HFImageTransform:
     try:
         transform = HFImageTransform(AutoImageProcessor.from_pretrained(path, local_files_only=True))
     except OSError:
-        raise ConfigError(f"model.encoder.args.path: {path} has no preprocessor_config.json; save the model's image "
+        raise ConfigError(f"model.media.image.encoder.args.path: {path} has no preprocessor_config.json; save the model's image "
                           "processor there (e.g. CLIPImageProcessor(...).save_pretrained(path))") from None
     shape = tuple(transform(Image.new("RGB", (image_size, image_size))).shape)
     if shape != (3, image_size, image_size):
-        raise ConfigError(f"model.encoder.args.path: the image processor in {path} gives {list(shape)}, "
+        raise ConfigError(f"model.media.image.encoder.args.path: the image processor in {path} gives {list(shape)}, "
                           f"the model takes [3, {image_size}, {image_size}]")
     return transform
 
 
 def _absolute_layer(layer: int, num_layers: int) -> int:
     if not -num_layers <= layer < num_layers:
-        raise ConfigError(f"model.encoder.args.layer: {layer} is out of range for a tower of {num_layers} blocks "
+        raise ConfigError(f"model.media.image.encoder.args.layer: {layer} is out of range for a tower of {num_layers} blocks "
                           f"(use {-num_layers}..{num_layers - 1})")
     return layer % num_layers
 

@@ -86,7 +86,7 @@ def export_peft(ckpt: str | Path, out_dir: str | Path) -> Path:
 def export_llava(ckpt: str | Path, out_dir: str | Path) -> Path:
     """Write a LlavaForConditionalGeneration directory with its LlavaProcessor (tokenizer with an `<image>` token,
     image processor equivalent to the encoder's transform). Raises ConfigError naming the part (model.llm,
-    model.encoder.*, model.bridge.name) that LLaVA's architecture cannot hold."""
+    model.media.image.*) that LLaVA's architecture cannot hold."""
     from transformers import LlavaConfig, LlavaProcessor
 
     from mmtune.infer.generate import load_checkpoint
@@ -95,11 +95,12 @@ def export_llava(ckpt: str | Path, out_dir: str | Path) -> Path:
     model, tokenizer, cfg = load_checkpoint(ckpt)
     _check_llava_parts(cfg, model.llm)
     image_tokens = model.media_tokens["image"]
-    encoder, bridge, llm = (_merged(part) for part in (model.encoder, model.bridge, model.llm))
-    tower = TOWERS[cfg.model.encoder.name](encoder)
+    image = model.media["image"]
+    encoder, bridge, llm = (_merged(part) for part in (image.encoder, image.bridge, model.llm))
+    tower = TOWERS[cfg.model.media.image.encoder.name](encoder)
     strategy = _select_strategy(encoder.tokens, tower.has_cls)
     image_id = _add_image_token(tokenizer, llm)
-    # The tower holds only the blocks mmtune kept (up to model.encoder.args.layer), so LLaVA reads its last one.
+    # The tower holds only the blocks mmtune kept (up to model.media.image.encoder.args.layer), so LLaVA reads its last one.
     config = LlavaConfig(vision_config=tower.model.config, text_config=llm.config, image_token_index=image_id,
                          image_seq_length=image_tokens, projector_hidden_act="gelu", vision_feature_layer=-1,
                          vision_feature_select_strategy=strategy)
@@ -168,13 +169,16 @@ def _staging(out: Path) -> Iterator[Path]:
 # ---- LLaVA: which parts fit, and how they are put together ----
 
 def _check_llava_parts(cfg: RunConfig, llm: nn.Module) -> None:
-    if cfg.model.encoder is None:
-        raise ConfigError("model.encoder: the checkpoint has no image encoder; export it with --format hf")
-    if cfg.model.encoder.name not in TOWERS:
-        raise ConfigError(f"model.encoder.name: {cfg.model.encoder.name} has no LLaVA vision tower; exportable "
-                          f"encoders: {', '.join(TOWERS)}")
-    if cfg.model.bridge.name != "mlp2x_gelu":
-        raise ConfigError(f"model.bridge.name: {cfg.model.bridge.name} cannot be exported to LLaVA, whose "
+    image, others = cfg.model.media.image, sorted(set(cfg.model.media.parts()) - {"image"})
+    if image is None:
+        raise ConfigError("model.media.image: the checkpoint has no image encoder; export it with --format hf")
+    if others:
+        raise ConfigError(f"model.media.{others[0]}: LLaVA holds images only; export the LLM with --format hf")
+    if image.encoder.name not in TOWERS:
+        raise ConfigError(f"model.media.image.encoder.name: {image.encoder.name} has no LLaVA vision tower; "
+                          f"exportable encoders: {', '.join(TOWERS)}")
+    if image.bridge.name != "mlp2x_gelu":
+        raise ConfigError(f"model.media.image.bridge.name: {image.bridge.name} cannot be exported to LLaVA, whose "
                           "projector is mlp2x_gelu")
     model_type = llm.config.model_type
     if model_type not in LLAVA_TEXT_MODELS:
@@ -185,7 +189,7 @@ def _check_llava_parts(cfg: RunConfig, llm: nn.Module) -> None:
 def _select_strategy(tokens: str, has_cls: bool) -> str:
     """LLaVA's vision_feature_select_strategy giving the encoder's tokens: `default` drops the first (CLS) token."""
     if tokens == "cls":
-        raise ConfigError("model.encoder.args.tokens: cls (the class token alone) has no LLaVA feature strategy; "
+        raise ConfigError("model.media.image.encoder.args.tokens: cls (the class token alone) has no LLaVA feature strategy; "
                           "LLaVA takes patch or all tokens")
     return "default" if tokens == "patch" and has_cls else "full"
 
@@ -246,7 +250,7 @@ def _hf_clip_tower(encoder: nn.Module) -> Tower:
     from transformers.image_processing_backends import PilBackend
 
     src = encoder.model
-    model = _load_tower(type(src)(copy.deepcopy(src.config)), src.state_dict(), "model.encoder.args.path")
+    model = _load_tower(type(src)(copy.deepcopy(src.config)), src.state_dict(), "model.media.image.encoder.args.path")
     processor = encoder.transform.processor
     return Tower(model, encoder.has_cls, processor, "pil" if isinstance(processor, PilBackend) else "torchvision")
 
@@ -258,12 +262,12 @@ def _open_clip_tower(encoder: nn.Module) -> Tower:
     visual = encoder.visual
     model = CLIPVisionModel(_clip_vision_config(visual))
     state = open_clip_to_hf_clip(visual.state_dict())
-    return Tower(_load_tower(model, state, "model.encoder.args.arch"), True, _clip_image_processor(encoder.transform),
+    return Tower(_load_tower(model, state, "model.media.image.encoder.args.arch"), True, _clip_image_processor(encoder.transform),
                  "pil")  # open_clip resizes PIL images
 
 
 TOWERS: dict[str, Callable[[nn.Module], Tower]] = {"clip": _open_clip_tower, "hf_clip": _hf_clip_tower}
-"""Encoder name (model.encoder.name) -> its LLaVA vision tower."""
+"""Encoder name (model.media.image.encoder.name) -> its LLaVA vision tower."""
 
 
 # ---- open_clip ViT -> transformers CLIPVisionModel ----
@@ -299,7 +303,7 @@ def open_clip_to_hf_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             if match:
                 break
         else:
-            raise ConfigError(f"model.encoder.args.arch: open_clip weight visual.{key} has no counterpart in a "
+            raise ConfigError(f"model.media.image.encoder.args.arch: open_clip weight visual.{key} has no counterpart in a "
                               "Hugging Face CLIPVisionModel, so this tower cannot be exported")
         if isinstance(dst, tuple):
             out.update(zip((match.expand(d) for d in dst), value.chunk(3)))
@@ -330,13 +334,13 @@ def _clip_vision_config(visual: nn.Module) -> CLIPVisionConfig:
     acts = {(type(b.mlp.gelu), getattr(b.mlp.gelu, "approximate", None)) for b in blocks}
     eps = {m.eps for m in visual.modules() if isinstance(m, nn.LayerNorm)}
     if len(acts) != 1 or next(iter(acts)) not in _activations():
-        raise ConfigError(f"model.encoder.args.arch: the tower's MLP activation {sorted(map(str, acts))} has no "
+        raise ConfigError(f"model.media.image.encoder.args.arch: the tower's MLP activation {sorted(map(str, acts))} has no "
                           f"transformers equivalent; exportable: {', '.join(_activations().values())}")
     if len(eps) != 1:
-        raise ConfigError(f"model.encoder.args.arch: the tower's layer norms use several eps values {sorted(eps)}; "
+        raise ConfigError(f"model.media.image.encoder.args.arch: the tower's layer norms use several eps values {sorted(eps)}; "
                           "a CLIPVisionModel has one")
     if len(set(visual.image_size)) != 1 or len(set(visual.patch_size)) != 1:
-        raise ConfigError(f"model.encoder.args.arch: non-square images or patches ({visual.image_size}, "
+        raise ConfigError(f"model.media.image.encoder.args.arch: non-square images or patches ({visual.image_size}, "
                           f"{visual.patch_size}) do not fit a CLIPVisionModel")
     return CLIPVisionConfig(hidden_size=visual.transformer.width, intermediate_size=blocks[0].mlp.c_fc.out_features,
                             num_hidden_layers=len(blocks), num_attention_heads=blocks[0].attn.num_heads,
@@ -350,7 +354,7 @@ def _resize(step: T.Resize) -> dict:
     from transformers.image_utils import PILImageResampling
 
     if step.max_size is not None or step.interpolation.name not in PILImageResampling.__members__:
-        raise ConfigError(f"model.encoder: the image transform's {step} has no CLIPImageProcessor equivalent")
+        raise ConfigError(f"model.media.image.encoder: the image transform's {step} has no CLIPImageProcessor equivalent")
     size = [step.size] if isinstance(step.size, int) else list(step.size)
     # torchvision: one number resizes the shortest edge (aspect kept), two give (height, width)
     hf_size = {"shortest_edge": size[0]} if len(size) == 1 else {"height": size[0], "width": size[1]}
@@ -391,7 +395,7 @@ def _clip_image_processor(transform: T.Compose) -> CLIPImageProcessor:
               "rescale_factor": 1 / 255, "do_convert_rgb": True}
     for step in transform.transforms:
         if type(step) not in _transform_steps():
-            raise ConfigError(f"model.encoder: the image transform step {step} has no CLIPImageProcessor equivalent")
+            raise ConfigError(f"model.media.image.encoder: the image transform step {step} has no CLIPImageProcessor equivalent")
         kwargs.update(_transform_steps()[type(step)](step))
     return CLIPImageProcessor(**kwargs)
 

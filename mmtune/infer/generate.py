@@ -35,11 +35,12 @@ def load_checkpoint(path: str | Path):
 
 @torch.no_grad()
 def generate(model, tokenizer, cfg: RunConfig, conversations: list[list[Message]], images: list[list] | None = None,
-             max_new_tokens: int = 64, *, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-             repetition_penalty: float = 1.0, stop: tuple[str, ...] = (), seed: int | None = None,
-             use_cache: bool = True) -> list[str]:
+             max_new_tokens: int = 64, media: list[dict[str, list[bytes]]] | None = None, *,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
+             stop: tuple[str, ...] = (), seed: int | None = None, use_cache: bool = True) -> list[str]:
     """Answer each conversation (ending with a user turn); `images[i]` are PIL images for its `<image>`
-    placeholders. Prompts are left-padded into one batch and decoded with a KV cache (`use_cache=False` recomputes
+    placeholders, `media[i]` the file bytes for its `<video>` and `<points>` placeholders, by kind and in order
+    (read by that kind's encoder as in training). Prompts are left-padded into one batch and decoded with a KV cache (`use_cache=False` recomputes
     every step: same tokens, for checking). temperature 0 is greedy; above it, tokens are sampled (top_p, top_k;
     0 = no top-k cut), reproducibly for a given `seed` without touching the global RNG. Each answer ends at the
     template's end token or `max_new_tokens`, and is cut before the first of the `stop` strings. The repetition
@@ -47,14 +48,18 @@ def generate(model, tokenizer, cfg: RunConfig, conversations: list[list[Message]
     dev = next(model.parameters()).device
     prompts = [render_prompt(msgs, tokenizer, cfg.data.template, system_prompt=cfg.data.system_prompt,
                              media_tokens=model.media_tokens or None) for msgs in conversations]
-    pixels = None
+    items = {}
     if images and any(images):
-        pixels = torch.stack([model.encoder.transform(img) for imgs in images for img in imgs]).to(dev)
+        items["image"] = [model.media["image"].encoder.transform(img) for imgs in images for img in imgs]
+    for kind, part in model.media.items():
+        files = [data for per in media or [] for data in per.get(kind, []) if kind != "image"]
+        if files:
+            items[kind] = [torch.as_tensor(part.encoder.preprocess(data, f"{kind} {i}")) for i, data in enumerate(files)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=dev)
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
-    embeds = model.embed(ids, pixels)
+    embeds = model.embed(ids, {kind: torch.stack(v).to(dev) for kind, v in items.items()})
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature > 0 \
         else {"do_sample": False}
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):

@@ -1,4 +1,4 @@
-"""RunConfig -> the model to train: LLM + optional encoder and bridge, with each part's tuning mode applied."""
+"""RunConfig -> the model to train: LLM + an encoder and bridge per media kind, with each part's tuning applied."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,50 +10,61 @@ from mmtune.errors import ConfigError
 
 
 def build_model(cfg: RunConfig):
-    """Returns (MultimodalLM, tokenizer). Parts built from scratch are listed in `model.from_scratch`, so
-    checkpoints save them whole (they cannot be re-read from a source later)."""
-    from mmtune.bridges import build_bridge
-    from mmtune.encoders import build_encoder
+    """Returns (MultimodalLM, tokenizer). Parts built from scratch are listed in `model.from_scratch` (state-dict
+    prefixes), so checkpoints save them whole (they cannot be re-read from a source later)."""
     from mmtune.models.llm import load_llm
     from mmtune.models.multimodal_lm import MultimodalLM
     from mmtune.models.tuning import apply_tuning
 
     torch.manual_seed(cfg.train.seed)  # parts built from scratch get the same init on every run and rank
     llm, tokenizer = load_llm(cfg.model.llm, tokenizer=cfg.model.tokenizer)
-    encoder = bridge = None
     from_scratch = {"llm"} if cfg.model.llm.startswith("tiny:") else set()
-    if cfg.model.encoder is not None:
-        encoder = build_encoder(cfg.model.encoder)
-        hidden = llm.get_input_embeddings().embedding_dim
-        bridge = build_bridge(cfg.model.bridge, encoder.out_dim, hidden)
-        from_scratch.add("bridge")
-        if not cfg.model.encoder.args.get("pretrained") and not cfg.model.encoder.args.get("path"):
-            from_scratch.add("encoder")
-    tuning = cfg.tuning
-    llm = apply_tuning(llm, tuning.llm, tuning.lora, "tuning.llm")
-    if encoder is not None:
-        encoder = apply_tuning(encoder, tuning.encoder, tuning.lora, "tuning.encoder")
-        bridge = apply_tuning(bridge, tuning.bridge, tuning.lora, "tuning.bridge")
+    media = build_media(cfg, llm.get_input_embeddings().embedding_dim, from_scratch)
+    model = MultimodalLM(apply_tuning(llm, cfg.tuning.llm, cfg.tuning.lora, "tuning.llm"), media)
     if cfg.train.activation_checkpointing:
-        checkpoint_activations(llm, encoder)
-    model = MultimodalLM(llm, encoder, bridge)
+        checkpoint_activations(model.llm, [part.encoder for part in media.values()])
     model.from_scratch = from_scratch
     if cfg.model.init_from:
         load_weights(model, Path(cfg.model.init_from), field="model.init_from")
     return model, tokenizer
 
 
-def checkpoint_activations(llm, encoder) -> None:
-    """Activation checkpointing in the LLM (gradients cross it even when frozen, towards the bridge) and in the
-    encoder when it trains. Non-reentrant checkpoints need no input that requires grad, so frozen embeddings and
-    LoRA work with the inputs_embeds MultimodalLM passes (transformers still hooks the input embeddings, as peft
-    would)."""
+def checkpoint_activations(llm, encoders) -> None:
+    """Activation checkpointing in the LLM (gradients cross it even when frozen, towards the bridges) and in the
+    encoders that train and support it (the CLIP towers). Non-reentrant checkpoints need no input that requires
+    grad, so frozen embeddings and LoRA work with the inputs_embeds MultimodalLM passes (transformers still hooks
+    the input embeddings, as peft would)."""
     try:
         llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     except ValueError as e:  # transformers: "<Model> does not support activation checkpointing."
         raise ConfigError(f"train.activation_checkpointing: {e}") from None
-    if encoder is not None and any(p.requires_grad for p in encoder.parameters()):
-        encoder.checkpoint_activations()
+    for encoder in encoders:
+        if hasattr(encoder, "checkpoint_activations") and any(p.requires_grad for p in encoder.parameters()):
+            encoder.checkpoint_activations()
+
+
+def build_media(cfg: RunConfig, hidden: int, from_scratch: set[str]) -> dict:
+    """Kind -> MediaPart with its tuning applied. The image kind is built first: other kinds' encoders may reuse
+    its (tuned) encoder, whose parameters then belong to, train with and are saved with the image part."""
+    from mmtune.bridges import build_bridge
+    from mmtune.encoders import build_encoder
+    from mmtune.models.multimodal_lm import MediaPart
+    from mmtune.models.tuning import apply_tuning
+
+    media = {}
+    for kind, part in cfg.model.media.parts().items():
+        image = media["image"].encoder if "image" in media else None
+        encoder = build_encoder(part.encoder, kind, image_encoder=image)
+        bridge = build_bridge(part.bridge, encoder.out_dim, hidden, key=f"model.media.{kind}.bridge")
+        from_scratch.add(f"media.{kind}.bridge")
+        if encoder.from_scratch:
+            from_scratch.add(f"media.{kind}.encoder")
+        if any(True for _ in encoder.parameters()):  # a video encoder on the shared image tower has none
+            encoder = apply_tuning(encoder, cfg.tuning.mode(kind, "encoder"), cfg.tuning.lora,
+                                   f"tuning.media.{kind}.encoder")
+        bridge = apply_tuning(bridge, cfg.tuning.mode(kind, "bridge"), cfg.tuning.lora, f"tuning.media.{kind}.bridge")
+        media[kind] = MediaPart(encoder, bridge)
+    return media
 
 
 def names_to_save(model) -> list[str]:
@@ -86,7 +97,7 @@ def load_weights(model, ckpt: Path, field: str = "checkpoint") -> list[str]:
     path = ckpt / "model.safetensors" if ckpt.is_dir() else ckpt
     if not path.is_file():
         raise ConfigError(f"{field}: no model.safetensors in {ckpt}")
-    state = load_file(str(path))
+    state = {_current_name(k): v for k, v in load_file(str(path)).items()}
     own = model.state_dict()
     unknown = [k for k in state if k not in own]
     if unknown:
@@ -97,6 +108,14 @@ def load_weights(model, ckpt: Path, field: str = "checkpoint") -> list[str]:
         raise ConfigError(f"{field}: shape mismatch for {bad[:3]} ({state[bad[0]].shape} vs {own[bad[0]].shape})")
     model.load_state_dict(state, strict=False)
     return list(state)
+
+
+LEGACY_PREFIXES = ("encoder.", "bridge.")
+"""Checkpoints written before media kinds held the image encoder and bridge at the top level."""
+
+
+def _current_name(name: str) -> str:
+    return f"media.image.{name}" if name.startswith(LEGACY_PREFIXES) else name
 
 
 PREFIX = "step-"

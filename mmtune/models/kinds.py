@@ -20,7 +20,7 @@ class LanguageModel:
 
         return SampleEncoder(tokenizer=tokenizer, template=cfg.data.template, max_len=cfg.data.max_len,
                              system_prompt=cfg.data.system_prompt, media_tokens=model.media_tokens,
-                             image_transform=model.encoder.transform if model.encoder is not None else None,
+                             media_loaders={kind: part.encoder.preprocess for kind, part in model.media.items()},
                              overlong=cfg.data.overlong, seq2seq=model.seq2seq)
 
     def describe(self, cfg: RunConfig) -> str:

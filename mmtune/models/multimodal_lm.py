@@ -1,8 +1,8 @@
 """Splice bridge outputs into any Hugging Face LLM at media placeholders, and score supervised positions.
 
-Token ids carry negative sentinels (templates.MEDIA_TOKEN_IDS) where media features go; `embed` replaces them,
-in order, with bridge(encoder(pixels)) rows, so any number of images can sit anywhere in any turn and the LLM's
-vocabulary never changes. Labels at those positions are already -100 (templates). The forward pass returns
+Token ids carry negative sentinels (templates.MEDIA_TOKEN_IDS: one per media kind) where media features go; `embed`
+replaces each kind's, in order, with bridge(encoder(items)) rows of that kind's part, so any number of images,
+videos and point clouds can sit anywhere in any turn and the LLM's vocabulary never changes. Labels at those positions are already -100 (templates). The forward pass returns
 logits only where a label is supervised (sparse LM head): the same loss, without paying the vocabulary-sized
 projection and a float32 [B, T, V] tensor for prompt, media and padding positions.
 """
@@ -30,14 +30,38 @@ class Scored:
     """[K] which sample (batch["seq_ids"] numbering) each position belongs to."""
 
 
-class MultimodalLM(nn.Module):
-    def __init__(self, llm: nn.Module, encoder: nn.Module | None = None, bridge: nn.Module | None = None):
+class MediaPart(nn.Module):
+    """One media kind's encoder and bridge: items [n, *item_shape] -> [n, M, hidden] in the LLM's embedding space."""
+
+    def __init__(self, encoder: nn.Module, bridge: nn.Module):
         super().__init__()
-        self.llm, self.encoder, self.bridge = llm, encoder, bridge
+        self.encoder, self.bridge = encoder, bridge
+
+    @property
+    def num_tokens(self) -> int:
+        """M, the LLM positions one item occupies (counts toward max_len)."""
+        return self.bridge.num_tokens(self.encoder.num_tokens)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.bridge(self.encoder(items))
+
+    def zero_pass(self, like: torch.Tensor) -> torch.Tensor:
+        """A zero that depends on every parameter of this part: same loss, zero gradients, same collectives."""
+        blank = torch.zeros(1, *self.encoder.item_shape, device=like.device)
+        return self(blank).sum().to(like.dtype) * 0
+
+
+class MultimodalLM(nn.Module):
+    def __init__(self, llm: nn.Module, media: dict[str, MediaPart] | None = None):
+        super().__init__()
+        self.llm = llm
+        self.media = nn.ModuleDict(media or {})
+        """Media kind (image, video, points) -> its encoder and bridge."""
         self.seq2seq = is_seq2seq(llm)
         self.media_pass_always = False
-        """Run encoder and bridge on a blank image when a batch has none (set by distributed engines: every rank
-        must use the same parameters in each step, or sharded collectives and DDP's gradient buckets hang)."""
+        """Run every kind's encoder and bridge on a blank item when a batch has none of that kind (set by
+        distributed engines: every rank must use the same parameters in each step, or sharded collectives and
+        DDP's gradient buckets hang)."""
         # A tuple, not attributes: the parts are already registered under `llm` and must not be twice.
         self._parts = llm_parts(llm) if not self.seq2seq else (None, None)
         backbone = self._parts[0]
@@ -50,37 +74,33 @@ class MultimodalLM(nn.Module):
     @property
     def media_tokens(self) -> dict[str, int]:
         """LLM positions one media item occupies, per kind (counts toward max_len)."""
-        if self.encoder is None:
-            return {}
-        return {"image": self.bridge.num_tokens(self.encoder.num_tokens)}
+        return {kind: part.num_tokens for kind, part in self.media.items()}
 
-    def media_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[n, 3, H, W] -> [n, M, hidden] in the LLM's embedding space."""
-        return self.bridge(self.encoder(pixel_values))
-
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings with media features written over the sentinel positions. [B, T] -> [B, T, H]."""
-        is_media = input_ids < 0
-        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_media, 0))
-        slots = input_ids == MEDIA_TOKEN_IDS["image"]
-        n_slots = int(slots.sum())
-        if pixel_values is None or self.encoder is None:
-            if n_slots or bool(is_media.any()):
-                raise DataError("batch has media placeholders but no media (or the model has no encoder)")
-            if self.encoder is not None and self.media_pass_always:
-                return embeds + self._zero_media_pass(embeds)
-            return embeds
-        feats = self.media_features(pixel_values).to(embeds.dtype)  # [n, M, H]
-        if n_slots != feats.shape[0] * feats.shape[1]:
-            raise DataError(f"batch has {n_slots} image positions but {feats.shape[0]} images x {feats.shape[1]} "
-                            f"tokens = {feats.shape[0] * feats.shape[1]}")
-        return embeds.masked_scatter(slots.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]))
-
-    def _zero_media_pass(self, embeds: torch.Tensor) -> torch.Tensor:
-        """A zero that depends on every encoder and bridge parameter: same loss, zero gradients, same collectives."""
-        size = self.encoder.image_size
-        blank = torch.zeros(1, 3, size, size, device=embeds.device)
-        return self.media_features(blank).sum().to(embeds.dtype) * 0
+    def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Token embeddings with each kind's features written over its sentinel positions, in order.
+        [B, T] and {kind: [n, *item_shape]} -> [B, T, H]."""
+        media = media or {}
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(input_ids < 0, 0))
+        unknown = sorted(set(media) - set(self.media))
+        if unknown:
+            raise DataError(f"batch has {', '.join(unknown)} media but the model has no encoder for them "
+                            f"(set model.media.{unknown[0]})")
+        for kind, sentinel in MEDIA_TOKEN_IDS.items():
+            slots = input_ids == sentinel
+            if kind not in media:
+                if bool(slots.any()):
+                    raise DataError(f"batch has <{kind}> positions but no {kind} media (or the model has no "
+                                    f"{kind} encoder)")
+                if kind in self.media and self.media_pass_always:
+                    embeds = embeds + self.media[kind].zero_pass(embeds)
+                continue
+            feats = self.media[kind](media[kind]).to(embeds.dtype)  # [n, M, H]
+            n_slots = int(slots.sum())
+            if n_slots != feats.shape[0] * feats.shape[1]:
+                raise DataError(f"batch has {n_slots} {kind} positions but {feats.shape[0]} {kind} items x "
+                                f"{feats.shape[1]} tokens = {feats.shape[0] * feats.shape[1]}")
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]))
+        return embeds
 
     def hidden_states(self, batch: dict) -> torch.Tensor:
         """Last hidden states [B, T, H]. Packed rows get a block-diagonal causal mask (no attention across samples)."""
@@ -94,7 +114,7 @@ class MultimodalLM(nn.Module):
             mask = (seq >= 0).long()
         kwargs = {"position_ids": batch["position_ids"]} if self._takes_positions else {}
         backbone = self._parts[0]
-        embeds = self.embed(batch["input_ids"], batch.get("pixel_values"))
+        embeds = self.embed(batch["input_ids"], batch.get("media"))
         return backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs, **self._no_cache).last_hidden_state
 
     def forward(self, batch: dict, sparse: bool = True) -> Scored:
@@ -111,7 +131,7 @@ class MultimodalLM(nn.Module):
     def _forward_seq2seq(self, batch: dict) -> Scored:
         """Encoder-decoder LLMs: instruction into the encoder, response as decoder labels (not shifted here:
         the model shifts them right to make its decoder inputs)."""
-        embeds = self.embed(batch["input_ids"], batch.get("pixel_values"))
+        embeds = self.embed(batch["input_ids"], batch.get("media"))
         out = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
         keep = batch["labels"] != IGNORE
         seq = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)

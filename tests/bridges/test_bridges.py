@@ -39,11 +39,11 @@ def test_mlp_depth_comes_from_the_name():
 
 @pytest.mark.parametrize("name", ["mlp0x_gelu", "mlp2x_relu", "qformerr"])
 def test_unknown_bridge_lists_the_registry(name):
-    with pytest.raises(ConfigError, match=rf"model\.bridge\.name: unknown name '{name}'.* \(known: linear, "
+    with pytest.raises(ConfigError, match=rf"model\.media\.image\.bridge\.name: unknown name '{name}'.* \(known: linear, "
                                           r"mlp2x_gelu, or mlp<N>x_gelu for any N\)"):
         build_bridge(ComponentConfig(name), 16, 24)
 
 
 def test_projector_arguments_are_refused():
-    with pytest.raises(ConfigError, match=r"model\.bridge\.args\.depth: unknown argument; mlp2x_gelu takes none"):
+    with pytest.raises(ConfigError, match=r"model\.media\.image\.bridge\.args\.depth: unknown argument; mlp2x_gelu takes none"):
         build_bridge(ComponentConfig("mlp2x_gelu", {"depth": 3}), 16, 24)

@@ -49,7 +49,7 @@ def test_collate_positions_restart_and_media_count(tmp_path):
     row = batch["position_ids"][0].tolist()
     n0 = len(samples[0]["input_ids"])
     assert row[:n0] == list(range(n0)) and row[n0] == 0
-    n_images = sum(0 if s["pixel_values"] is None else len(s["pixel_values"]) for s in samples[:5])
+    n_images = sum(len(s["media"].get("image", ())) for s in samples[:5])
     assert int((batch["input_ids"] == -200).sum()) == n_images * model.media_tokens["image"]
 
 

@@ -53,12 +53,12 @@ def test_penultimate_layer_is_the_input_of_the_last_block(tiny_clip):
 
 
 def test_pretrained_must_be_a_local_file():
-    with pytest.raises(ConfigError, match=r"model\.encoder\.args\.pretrained: no file openai .*nothing is downloaded"):
+    with pytest.raises(ConfigError, match=r"model\.media\.image\.encoder\.args\.pretrained: no file openai .*nothing is downloaded"):
         clip(arch="ViT-B-32", pretrained="openai")
 
 
 def test_pretrained_of_another_arch_is_refused(tiny_clip):
-    with pytest.raises(ConfigError, match=r"model\.encoder\.args\.pretrained: cannot load .*tiny\.safetensors "
+    with pytest.raises(ConfigError, match=r"model\.media\.image\.encoder\.args\.pretrained: cannot load .*tiny\.safetensors "
                                           r"into mmtune-vit-small"):
         clip(arch="mmtune-vit-small", pretrained=tiny_clip[1])
 
@@ -71,7 +71,7 @@ def test_pretrained_of_another_arch_is_refused(tiny_clip):
     ("xlm-roberta-base-ViT-B-32", r"text tower from the Hugging Face hub \(xlm-roberta-base\)"),
 ])
 def test_unusable_arch_is_refused_before_building(arch, message):
-    with pytest.raises(ConfigError, match=rf"model\.encoder\.args\.arch: .*{message}"):
+    with pytest.raises(ConfigError, match=rf"model\.media\.image\.encoder\.args\.arch: .*{message}"):
         clip(arch=arch)
 
 
@@ -108,14 +108,14 @@ def test_hf_whole_clip_directory_gives_its_vision_tower(hf_dirs):
 
 def test_hf_siglip_has_no_cls_token(hf_dirs):
     assert hf_clip(path=hf_dirs["siglip"], tokens="all").num_tokens == 16
-    with pytest.raises(ConfigError, match=r"model\.encoder\.args\.tokens: siglip_vision_model has no class token"):
+    with pytest.raises(ConfigError, match=r"model\.media\.image\.encoder\.args\.tokens: siglip_vision_model has no class token"):
         hf_clip(path=hf_dirs["siglip"], tokens="cls")
 
 
 def test_hf_directory_without_weights_is_refused(tmp_path, save_hf_tower):
     save_hf_tower(tmp_path, "clip")
     (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(ConfigError, match=rf"model\.encoder\.args\.path: cannot load {tmp_path}"):
+    with pytest.raises(ConfigError, match=rf"model\.media\.image\.encoder\.args\.path: cannot load {tmp_path}"):
         hf_clip(path=str(tmp_path))
 
 
@@ -140,7 +140,7 @@ def test_hf_weights_missing_a_block_are_refused(tmp_path, save_hf_tower):
 def test_hf_directory_without_processor_is_refused(tmp_path, save_hf_tower):
     save_hf_tower(tmp_path, "clip")
     (tmp_path / "preprocessor_config.json").unlink()
-    with pytest.raises(ConfigError, match=rf"model\.encoder\.args\.path: {tmp_path} has no preprocessor_config\.json"):
+    with pytest.raises(ConfigError, match=rf"model\.media\.image\.encoder\.args\.path: {tmp_path} has no preprocessor_config\.json"):
         hf_clip(path=str(tmp_path))
 
 
@@ -151,7 +151,7 @@ def test_hf_processor_of_another_size_is_refused(tmp_path, save_hf_tower):
 
 
 def test_hf_path_must_hold_a_clip_or_siglip_model(tmp_path):
-    with pytest.raises(ConfigError, match=r"model\.encoder\.args\.path: .* \(no config\.json\)"):
+    with pytest.raises(ConfigError, match=r"model\.media\.image\.encoder\.args\.path: .* \(no config\.json\)"):
         hf_clip(path=str(tmp_path))
     BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8).save_pretrained(tmp_path)
     with pytest.raises(ConfigError, match=r"holds a bert model; hf_clip loads clip_vision_model, siglip_vision_model"):

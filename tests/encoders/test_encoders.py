@@ -21,10 +21,10 @@ def cases(tiny_cases, name):
 
 
 def test_every_registered_encoder_has_a_tiny_case(tiny_cases):
-    assert set(tiny_cases) == set(ENCODERS)
+    assert set(tiny_cases) == set(ENCODERS["image"])
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODERS["image"]))
 @pytest.mark.parametrize("tokens", ["patch", "all"])
 def test_forward_returns_num_tokens_by_out_dim(tiny_cases, name, tokens):
     for cfg in cases(tiny_cases, name):
@@ -33,7 +33,7 @@ def test_forward_returns_num_tokens_by_out_dim(tiny_cases, name, tokens):
         assert encoder(pixels).shape == (2, encoder.num_tokens, encoder.out_dim)
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODERS["image"]))
 def test_transform_of_a_real_image_feeds_the_encoder(tiny_cases, name):
     image = decode_image(EXAMPLE_IMAGE.read_bytes(), str(EXAMPLE_IMAGE))
     for cfg in cases(tiny_cases, name):
@@ -42,9 +42,11 @@ def test_transform_of_a_real_image_feeds_the_encoder(tiny_cases, name):
         assert pixels.shape == (3, encoder.image_size, encoder.image_size) and pixels.dtype == torch.float32
         assert torch.equal(pickle.loads(pickle.dumps(encoder.transform))(image), pixels)  # DataLoader workers
         assert encoder(pixels[None]).shape == (1, encoder.num_tokens, encoder.out_dim)
+        loaded = pickle.loads(pickle.dumps(encoder.preprocess))(EXAMPLE_IMAGE.read_bytes(), "example.jpg")
+        assert loaded.shape == encoder.item_shape and torch.equal(torch.as_tensor(loaded), pixels)
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODERS["image"]))
 def test_frozen_encoder_gets_no_gradients(tiny_cases, name):
     for cfg in cases(tiny_cases, name):
         encoder = build_encoder(cfg).requires_grad_(False)
@@ -54,7 +56,7 @@ def test_frozen_encoder_gets_no_gradients(tiny_cases, name):
         assert all(p.grad is not None for p in bridge.parameters())
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODERS["image"]))
 def test_trained_encoder_has_no_unused_parameters(tiny_cases, name):
     """Blocks after `layer` and the pooling head are dropped, so DDP needs no find_unused_parameters."""
     for cfg in cases(tiny_cases, name):
@@ -64,7 +66,7 @@ def test_trained_encoder_has_no_unused_parameters(tiny_cases, name):
         assert unused == []
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODERS["image"]))
 def test_checkpointed_activations_give_the_same_gradients(tiny_cases, name):
     """train.activation_checkpointing: blocks are recomputed in the backward pass, so fewer tensors are kept."""
     def step(encoder, pixels):
@@ -87,7 +89,7 @@ def test_checkpointed_activations_give_the_same_gradients(tiny_cases, name):
             torch.testing.assert_close(grads_ckpt[n], g, atol=1e-5, rtol=1e-5, msg=n)
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODERS["image"]))
 def test_penultimate_layer_differs_from_last(tiny_cases, name):
     for cfg in cases(tiny_cases, name):
         torch.manual_seed(0)
@@ -106,17 +108,17 @@ def test_cls_tokens_give_one_token(tiny_cases):
 
 
 def test_unknown_encoder_lists_the_registry():
-    with pytest.raises(ConfigError, match=r"model\.encoder\.name: unknown name 'clipp'; did you mean clip\? "
+    with pytest.raises(ConfigError, match=r"model\.media\.image\.encoder\.name: unknown name 'clipp'; did you mean clip\? "
                                           r"\(known: clip, hf_clip\)"):
         build_encoder(ComponentConfig("clipp", {}))
 
 
 @pytest.mark.parametrize("args, message", [
-    ({"arch": "mmtune-vit-tiny", "lyer": -2}, r"model\.encoder\.args\.lyer; did you mean model\.encoder\.args\.layer"),
-    ({"arch": "mmtune-vit-tiny", "tokens": "first"}, r"model\.encoder\.args\.tokens must be one of"),
-    ({"arch": "mmtune-vit-tiny", "layer": "last"}, r"model\.encoder\.args\.layer must be int"),
-    ({"arch": "mmtune-vit-tiny", "layer": 2}, r"model\.encoder\.args\.layer: 2 is out of range .* \(use -2\.\.1\)"),
-    ({}, r"model\.encoder\.args\.arch must be set"),
+    ({"arch": "mmtune-vit-tiny", "lyer": -2}, r"model\.media\.image\.encoder\.args\.lyer; did you mean model\.media\.image\.encoder\.args\.layer"),
+    ({"arch": "mmtune-vit-tiny", "tokens": "first"}, r"model\.media\.image\.encoder\.args\.tokens must be one of"),
+    ({"arch": "mmtune-vit-tiny", "layer": "last"}, r"model\.media\.image\.encoder\.args\.layer must be int"),
+    ({"arch": "mmtune-vit-tiny", "layer": 2}, r"model\.media\.image\.encoder\.args\.layer: 2 is out of range .* \(use -2\.\.1\)"),
+    ({}, r"model\.media\.image\.encoder\.args\.arch must be set"),
 ])
 def test_bad_args_name_the_key(args, message):
     with pytest.raises(ConfigError, match=message):

@@ -108,8 +108,8 @@ def test_llava_gives_mmtune_greedy_answer_and_logits(llava_case):
     image_id = c.llava.config.image_token_id
     assert inputs["input_ids"][0].tolist() == [image_id if i == MEDIA_TOKEN_IDS["image"] else i for i in ids]
     with torch.no_grad():
-        pixels = m.model.encoder.transform(image)[None]
-        expected = m.model.llm(inputs_embeds=m.model.embed(torch.tensor([ids]), pixels)).logits
+        pixels = m.model.media["image"].encoder.transform(image)[None]
+        expected = m.model.llm(inputs_embeds=m.model.embed(torch.tensor([ids]), {"image": pixels})).logits
         logits = c.llava(**inputs).logits
     assert logits.shape[-1] == expected.shape[-1] + 1  # the added <image> token
     torch.testing.assert_close(logits[..., :-1], expected, rtol=0, atol=1e-4)
@@ -118,7 +118,7 @@ def test_llava_gives_mmtune_greedy_answer_and_logits(llava_case):
     assert len(set(new.tolist())) > 3  # a varied answer, not one token repeated
     assert c.processor.tokenizer.decode(new, skip_special_tokens=True).strip() == answer
     with torch.no_grad():  # each generated id is mmtune's greedy choice after the ones before it
-        forced = m.model.llm(inputs_embeds=m.model.embed(torch.tensor([ids + new.tolist()]), pixels)).logits
+        forced = m.model.llm(inputs_embeds=m.model.embed(torch.tensor([ids + new.tolist()]), {"image": pixels})).logits
     assert forced[0, len(ids) - 1:-1].argmax(-1).tolist() == new.tolist()
 
 
@@ -129,11 +129,11 @@ def test_llava_tower_gives_mmtune_encoder_features(llava_case):
         hidden = c.llava.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
         if c.llava.config.vision_feature_select_strategy == "default":
             hidden = hidden[:, 1:]
-        torch.testing.assert_close(hidden, c.saved.model.encoder(pixels), rtol=0, atol=1e-5)
+        torch.testing.assert_close(hidden, c.saved.model.media["image"].encoder(pixels), rtol=0, atol=1e-5)
 
 
 def test_llava_image_processor_gives_mmtune_pixels(llava_case):
-    c, encoder = llava_case, llava_case.saved.model.encoder
+    c, encoder = llava_case, llava_case.saved.model.media["image"].encoder
     image = Image.open(EXAMPLE_IMAGE).convert("RGB")
     exact = c.processor.image_processor
     torch.testing.assert_close(exact(images=image, return_tensors="pt")["pixel_values"][0], encoder.transform(image),
@@ -180,13 +180,13 @@ def test_hf_clip_tower_is_copied(tmp_path, kind, llm, tokens, strategy):
     llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
     image = Image.open(EXAMPLE_IMAGE).convert("RGB")
     pixels = AutoImageProcessor.from_pretrained(out)(images=image, return_tensors="pt")["pixel_values"]
-    torch.testing.assert_close(pixels[0], saved.model.encoder.transform(image), rtol=0, atol=1e-5)
+    torch.testing.assert_close(pixels[0], saved.model.media["image"].encoder.transform(image), rtol=0, atol=1e-5)
     assert json.loads((out / META_FILE).read_text())["image_processor_backend"] == "torchvision"  # the default
     assert llava.config.vision_feature_select_strategy == strategy
     with torch.no_grad():
         features = llava.get_image_features(pixel_values=pixels, vision_feature_layer=-1,
                                             vision_feature_select_strategy=strategy).pooler_output[0]
-        torch.testing.assert_close(features, saved.model.media_features(pixels)[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(features, saved.model.media["image"](pixels)[0], rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -197,17 +197,17 @@ def text_checkpoints(tmp_path_factory) -> dict[str, Saved]:
 
 
 def test_text_checkpoint_is_not_a_llava(tmp_path, text_checkpoints):
-    with pytest.raises(ConfigError, match=r"model\.encoder: the checkpoint has no image encoder; export it with "
+    with pytest.raises(ConfigError, match=r"model\.media\.image: the checkpoint has no image encoder; export it with "
                                           r"--format hf"):
         export_llava(text_checkpoints["lora"].ckpt, tmp_path / "llava")
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ([ENCODER, "model.bridge={name: linear}"], r"model\.bridge\.name: linear cannot be exported to LLaVA"),
+    ([ENCODER, "model.bridge={name: linear}"], r"model\.media\.image\.bridge\.name: linear cannot be exported to LLaVA"),
     ([ENCODER, MLP, "model.llm=tiny:gpt_neox"],
      r"model\.llm: a gpt_neox LLM cannot be exported to LLaVA; supported families: llama, mistral, qwen2"),
     (["model.encoder={name: clip, args: {arch: mmtune-vit-tiny, tokens: cls}}", MLP],
-     r"model\.encoder\.args\.tokens: cls .* has no LLaVA feature strategy"),
+     r"model\.media\.image\.encoder\.args\.tokens: cls .* has no LLaVA feature strategy"),
 ], ids=["linear-bridge", "gpt_neox", "cls-token"])
 def test_parts_llava_cannot_hold_are_named(tmp_path, overrides, message):
     saved = save_checkpoint(tmp_path, *overrides)

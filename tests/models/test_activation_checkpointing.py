@@ -44,7 +44,7 @@ def test_same_loss_and_gradients(tuning):
     # open_clip's attention reads out_proj.weight directly, so a LoRA adapter on out_proj gets no gradient either way
     assert {n for n, g in grads_ckpt.items() if g is None} == {n for n, g in grads.items() if g is None}
     reached = {n: g for n, g in grads.items() if g is not None}
-    assert any(n.startswith("encoder.") for n in reached) and any(n.startswith("llm.") for n in reached)
+    assert any(n.startswith("media.image.encoder.") for n in reached) and any(n.startswith("llm.") for n in reached)
     for name, g in reached.items():
         torch.testing.assert_close(grads_ckpt[name], g, atol=1e-5, rtol=1e-5, msg=name)
     assert sum(float(g.abs().max()) > 0 for g in reached.values()) > 0.9 * len(reached)
@@ -59,7 +59,7 @@ def _step_peak_mib(checkpointing: bool) -> float:
                          num_attention_heads=4, num_key_value_heads=4, attn_implementation="sdpa")
     llm = LlamaForCausalLM(config)
     if checkpointing:
-        checkpoint_activations(llm, None)
+        checkpoint_activations(llm, [])
     model = MultimodalLM(llm).train()
     ids = torch.randint(0, 512, (4, 512)).tolist()
     batch = collate([[{"id": str(i), "input_ids": row, "labels": row}] for i, row in enumerate(ids)], pad_id=0)

@@ -34,7 +34,7 @@ def _batch(model, tok, packed: bool):
         enc = encode(msgs, tok, "chatml", media_tokens=model.media_tokens)
         n = sum(m.content.count("<image>") for m in msgs)
         samples.append({"id": str(i), "input_ids": enc.input_ids, "labels": enc.labels,
-                        "pixel_values": torch.randn(n, 3, 32, 32) if n else None, "modality": "image"})
+                        "media": {"image": torch.randn(n, 3, 32, 32)} if n else {}, "modality": "image"})
     rows = [samples] if packed else [[s] for s in samples]
     return collate(rows, tok.pad_token_id)
 
@@ -45,8 +45,8 @@ def test_features_land_at_placeholders_in_order(llm):
     model.eval()
     batch = _batch(model, tok, packed=False)
     with torch.no_grad():
-        embeds = model.embed(batch["input_ids"], batch["pixel_values"])
-        feats = model.media_features(batch["pixel_values"])
+        embeds = model.embed(batch["input_ids"], batch["media"])
+        feats = model.media["image"](batch["media"]["image"])
     slots = batch["input_ids"] == MEDIA_TOKEN_IDS["image"]
     assert feats.shape[0] == 6
     torch.testing.assert_close(embeds[slots], feats.reshape(-1, feats.shape[-1]))
@@ -71,7 +71,7 @@ def test_without_media_equals_the_plain_hf_model(llm):
     model, tok = _model(llm)
     model.eval()
     enc = encode(CONVERSATIONS[0], tok, "chatml")
-    batch = collate([[{"id": "0", "input_ids": enc.input_ids, "labels": enc.labels, "pixel_values": None}]],
+    batch = collate([[{"id": "0", "input_ids": enc.input_ids, "labels": enc.labels, "media": {}}]],
                     tok.pad_token_id)
     with torch.no_grad():
         scored = model(batch)
@@ -87,14 +87,14 @@ def test_gradients_reach_the_bridge_and_encoder():
     batch = _batch(model, tok, packed=False)
     scored = model(batch)
     F.cross_entropy(scored.logits, scored.targets).backward()
-    assert model.bridge.linear_1.weight.grad.abs().sum() > 0
-    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
+    assert model.media["image"].bridge.linear_1.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.media["image"].encoder.parameters() if p.requires_grad)
 
 
 def test_image_count_mismatch_is_an_error():
     model, tok = _model("tiny:llama")
     batch = _batch(model, tok, packed=False)
-    with pytest.raises(DataError, match=r"96 image positions but 5 images x 16 tokens"):
-        model.embed(batch["input_ids"], batch["pixel_values"][:5])
-    with pytest.raises(DataError, match="no media"):
+    with pytest.raises(DataError, match=r"96 image positions but 5 image items x 16 tokens"):
+        model.embed(batch["input_ids"], {"image": batch["media"]["image"][:5]})
+    with pytest.raises(DataError, match="no image media"):
         model.embed(batch["input_ids"], None)

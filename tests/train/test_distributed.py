@@ -143,9 +143,10 @@ def _fresh_model_with_adapter(ckpt: Path):
     assert len(adapter) == len(lora) and all(t.numel() > 0 for t in adapter.values())  # complete, not partitions
     assert any(bool(t.abs().sum() > 0) for n, t in adapter.items() if "lora_B" in n)  # trained (B starts at 0)
     set_peft_model_state_dict(model.llm, adapter)
-    bridge = {k[len("bridge."):]: v for k, v in load_file(str(ckpt / "model.safetensors")).items()
-              if k.startswith("bridge.")}
-    model.bridge.load_state_dict(bridge)
+    prefix = "media.image.bridge."
+    bridge = {k[len(prefix):]: v for k, v in load_file(str(ckpt / "model.safetensors")).items()
+              if k.startswith(prefix)}
+    model.media["image"].bridge.load_state_dict(bridge)
     return model.eval(), tokenizer, cfg
 
 

@@ -185,7 +185,7 @@ def test_multimodal_packed_run_and_checkpoint_reload(tmp_path):
     batches, _ = make_batches(loaded_cfg, shards, sample_encoder(loaded_cfg, model, tok), tok.pad_token_id,
                               DataState(), train=False)
     batch, _ = next(batches)
-    assert batch["pixel_values"] is not None  # the batch goes through the encoder and the bridge
+    assert "image" in batch["media"]  # the batch goes through the encoder and the bridge
     with torch.no_grad():  # every trained part (LLM, encoder, bridge) came back: same logits as in memory
         torch.testing.assert_close(model(batch).logits, trained["end"].eval()(batch).logits)
     out = generate(model, tok, loaded_cfg, [[Message("user", "<image>\nwhat is it?")]],

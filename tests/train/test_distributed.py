@@ -69,11 +69,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(config: Path, *argv: str, kill_at_step: int | None = None, torchrun: bool = True) -> None:
-    """`python [torchrun with 2 processes] argv`; SIGKILL the whole process group once checkpoint `kill_at_step`
-    exists."""
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
-    cmd = [sys.executable, *(launcher if torchrun else []), *argv]
+def _launch(config: Path, *argv: str, kill_at_step: int | None = None, torchrun: bool = True,
+            launcher: list[str] | None = None) -> None:
+    """`python [torchrun with 2 processes] argv` (or `launcher argv`); SIGKILL the whole process group once
+    checkpoint `kill_at_step` exists."""
+    torchrun_args = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    cmd = launcher + list(argv) if launcher else [sys.executable, *(torchrun_args if torchrun else []), *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)
            + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -191,6 +192,18 @@ def test_resuming_on_another_world_size_is_refused(runs, tmp_path):
     cfg = load_config(ckpt / "config.yaml", [f"train.out_dir={tmp_path}", "train.engine.name=single"])
     with pytest.raises(ConfigError, match=r"written by 2 process\(es\), this run has 1; .* resume with 2"):
         mmtune.finetune(cfg, resume=str(ckpt))
+
+
+@pytest.mark.slow
+def test_the_deepspeed_launcher_trains_like_torchrun(runs, data, tmp_path):
+    """`deepspeed --num_gpus 2 --module mmtune.cli train ...` (CPU, gloo): the same losses as the torchrun run."""
+    _needs("zero2")
+    config = _recipe(tmp_path / "launched.yaml", data[0], ENGINES["zero2"])
+    deepspeed = [str(Path(sys.executable).parent / "deepspeed"), "--no_local_rank", "--num_gpus", "2",
+                 "--master_port", str(_free_port()), "--module"]
+    _launch(config, "mmtune.cli", "train", str(config), launcher=deepspeed)
+    launched, reference = _history(config.with_suffix(""))[0], _history(runs("zero2"))[0]
+    assert launched == pytest.approx(reference, abs=1e-5)
 
 
 def test_slurm_example_is_valid_bash():

@@ -20,6 +20,9 @@ FIXTURES = {
     "mllm": [{"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "a"}],
               "images": ["a.png"]}],
     "ip2p": [{"input_image": "a.png", "edit_prompt": "make it blue", "edited_image": "a.png"}],
+    "vision-flan": [{"id": "v", "image": "a.png", "instruction": "q", "target": "a"}],
+    "lamm": [{"id": "l", "image": "a.png", "conversations": [{"from": "human", "value": "q"},
+                                                              {"from": "gpt", "value": "a"}]}],
 }
 
 
@@ -128,7 +131,7 @@ def test_nothing_written_is_an_error(tmp_path, write_json):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"name": "dolly"}, ConfigError, r"unknown builder 'dolly'; choose one of \['alpaca', 'ip2p', 'llava', 'mllm', 'oasst'"),
+    ({"name": "dolly"}, ConfigError, r"unknown builder 'dolly'; choose one of \['alpaca', 'ip2p', 'lamm', 'llava'"),
     ({"all_paths": True}, ConfigError, r"builder 'alpaca' has no option 'all_paths' \(its options: none\)"),
     ({"on_error": "ignore"}, ConfigError, r"on_error must be one of \('raise', 'skip'\), got 'ignore'"),
     ({"eval_fraction": 1.0}, ConfigError, r"eval_fraction must be in \[0, 1\), got 1.0"),

@@ -7,7 +7,7 @@ Each builder turns one input file (a JSON array or JSON Lines, read as a stream)
 (mmtune.data.sample); `build` validates them, splits train/eval and writes the shards. Adding a format is one
 module with a `convert` function plus one line in BUILDERS.
 """
-from data_builders import alpaca, ip2p, lamm, llava, mllm, oasst, sharegpt, vision_flan
+from data_builders import alpaca, ip2p, lamm, llava, mllm, oasst, sharegpt, video_chat, vision_flan
 from data_builders.build import Builder, BuildReport, build
 from data_builders.common import RecordError
 
@@ -20,6 +20,7 @@ BUILDERS: dict[str, Builder] = {
     "ip2p": Builder(ip2p.convert),
     "vision-flan": Builder(vision_flan.convert),
     "lamm": Builder(lamm.convert),
+    "video-chat": Builder(video_chat.convert),
 }
 
 __all__ = ["BUILDERS", "Builder", "BuildReport", "RecordError", "build"]

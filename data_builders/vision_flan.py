@@ -12,23 +12,16 @@ from typing import Any
 from data_builders.common import Context, Where, as_object, optional, require
 from data_builders.llava import with_placeholders
 from data_builders.samples import MediaRef, make_sample
-from data_builders.sharegpt import parse_turns
-from mmtune.data.sample import Message, Sample
+from data_builders.sharegpt import turns_or_pair
+from mmtune.data.sample import Sample
 
 
 def convert(value: Any, where: Where, ctx: Context) -> list[Sample]:
     record = as_object(value, where)
     where = where.with_id(record.get("id"))
-    messages, field = _turns(record, where)
+    messages, field = turns_or_pair(record, where, "instruction", "target")
     media = [MediaRef("image", require(record, "image", str, where), "image")]
     sample_id = f"{where.id or ctx.source}/{where.record}"
     return [make_sample(where, ctx, with_placeholders(messages, media), media, field=field, sample_id=sample_id,
                         task=optional(record, "task_name", str, where, default=""))]
 
-
-def _turns(record: dict, where: Where) -> tuple[list[Message], str]:
-    """The row's messages and the field placeholder errors name."""
-    if "conversations" in record:
-        return parse_turns(require(record, "conversations", list, where), where, "conversations"), "conversations"
-    return [Message("user", require(record, "instruction", str, where)),
-            Message("assistant", require(record, "target", str, where))], "instruction"

@@ -23,6 +23,7 @@ FIXTURES = {
     "vision-flan": [{"id": "v", "image": "a.png", "instruction": "q", "target": "a"}],
     "lamm": [{"id": "l", "image": "a.png", "conversations": [{"from": "human", "value": "q"},
                                                               {"from": "gpt", "value": "a"}]}],
+    "video-chat": [{"video": "a.png", "q": "q", "a": "a"}],  # video bytes are not decoded at build time
 }
 
 

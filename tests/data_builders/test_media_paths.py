@@ -30,7 +30,12 @@ def lamm_record(record_id: str, path: str) -> tuple[dict, str]:
     return {**llava_record(record_id, path)[0], "task_type": "VQA"}, "image"
 
 
-RECORDS = {"llava": llava_record, "mllm": mllm_record, "vision-flan": vision_flan_record, "lamm": lamm_record}
+def video_chat_record(record_id: str, path: str) -> tuple[dict, str]:
+    return {"id": record_id, "video": path, "q": "What moves?", "a": "A square."}, "video"
+
+
+RECORDS = {"llava": llava_record, "mllm": mllm_record, "vision-flan": vision_flan_record, "lamm": lamm_record,
+           "video-chat": video_chat_record}
 
 
 def record_id(sample: Sample) -> str:
@@ -77,7 +82,7 @@ def test_allow_outside_media_reads_every_escaping_path(build_read, write_json, f
     report, samples = build_read(builder, write_json("data/in.json", records), allow_outside_media=True)
     outside = (folder.parent / "outside.png").read_bytes()
     assert report.skipped == Counter()
-    assert [(record_id(s), s.data["0.jpg"]) for s in samples] == [(kind, outside) for kind in escapes(folder)]
+    assert [(record_id(s), s.data[s.media[0].member]) for s in samples] == [(kind, outside) for kind in escapes(folder)]
 
 
 def test_the_boundary_is_the_image_folder_and_the_check_is_on_the_resolved_path(build_read, write_json, folder,

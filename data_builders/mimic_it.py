@@ -49,10 +49,16 @@ class ImageIndex:
             end = self.map.find(b'"', match.end())
             if end < 0:
                 raise DataError(f"{path}: unterminated image string at byte {match.end()}")
-            self.spans[json.loads(b'"' + match.group(1) + b'"')] = (match.end(), end)
+            self.spans[self._key(match)] = (match.end(), end)
             pos = end + 1
         if not (_END if self.spans else _EMPTY).match(self.map, pos):
             raise DataError(f"{path}: expected a JSON object of image id -> base64 string, malformed at byte {pos}")
+
+    def _key(self, match: re.Match) -> str:
+        try:
+            return json.loads(b'"' + match.group(1) + b'"')
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{self.path}: malformed image id at byte {match.start(1)} ({e})") from None
 
     def image(self, image_id: str, where: Where, field: str) -> bytes:
         if image_id not in self.spans:

@@ -95,6 +95,9 @@ def test_file_level_problems_name_the_file(build_read, write_json, tmp_path):
     with pytest.raises(DataError, match=r"CGD\.json: expected a JSON object of image id -> base64 string, malformed "
                                         r"at byte 0"):
         build_read("mimic-it", write_json("CGD_instructions.json", data))
+    (tmp_path / "VST.json").write_text('{"ok": "AAAA", "bad\\q": "AAAA"}')
+    with pytest.raises(DataError, match=r"VST\.json: malformed image id at byte 16 \(Invalid \\escape"):
+        build_read("mimic-it", write_json("VST_instructions.json", data))
     write_json("SN.json", {})
     with pytest.raises(DataError, match=r"SN_instructions\.json: field data: expected an object"):
         build_read("mimic-it", write_json("SN_instructions.json", {"meta": {}}))

@@ -7,7 +7,7 @@ Each builder turns one input file (a JSON array or JSON Lines, read as a stream)
 (mmtune.data.sample); `build` validates them, splits train/eval and writes the shards. Adding a format is one
 module with a `convert` function plus one line in BUILDERS.
 """
-from data_builders import alpaca, ip2p, llava, mllm, oasst, sharegpt
+from data_builders import alpaca, ip2p, lamm, llava, mimic_it, mllm, oasst, sharegpt, video_chat, vision_flan
 from data_builders.build import Builder, BuildReport, build
 from data_builders.common import RecordError
 
@@ -18,6 +18,10 @@ BUILDERS: dict[str, Builder] = {
     "llava": Builder(llava.convert),
     "mllm": Builder(mllm.convert),
     "ip2p": Builder(ip2p.convert),
+    "mimic-it": Builder(mimic_it.convert, read=mimic_it.read_episodes),
+    "vision-flan": Builder(vision_flan.convert),
+    "lamm": Builder(lamm.convert),
+    "video-chat": Builder(video_chat.convert),
 }
 
 __all__ = ["BUILDERS", "Builder", "BuildReport", "RecordError", "build"]

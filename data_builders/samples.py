@@ -25,14 +25,17 @@ _IMAGE_EXT = {"JPEG": "jpg", "MPO": "jpg", "TIFF": "tif"}
 
 @dataclass(frozen=True)
 class MediaRef:
-    """A media file a record names, before it is read. `field` is where the record names it (e.g. `images[1]`)."""
+    """A media file a record names, before it is read. `field` is where the record names it (e.g. `images[1]`).
+    `data` holds the bytes of media a source embeds (MIMIC-IT's base64 images); `path` then only names them."""
     kind: str
     path: str
     field: str
+    data: bytes | None = None
 
 
 def make_sample(where: Where, ctx: Context, messages: list[Message], media: Sequence[MediaRef] = (), *,
-                field: str = "messages", sample_id: str | None = None, target: MediaRef | None = None) -> Sample:
+                field: str = "messages", sample_id: str | None = None, target: MediaRef | None = None,
+                task: str = "") -> Sample:
     """A validated Sample with its media (and edit `target`, read after them) read and checked. `field` names the
     turns in placeholder errors.
 
@@ -49,7 +52,7 @@ def make_sample(where: Where, ctx: Context, messages: list[Message], media: Sequ
         member, data[member] = _read(target, len(media), where, ctx)
         target_ref = Media(target.kind, member)
     sample = Sample(id=sample_id or where.id or f"{ctx.source}-{where.record}", messages=messages,
-                    source=ctx.source, media=refs, data=data, target=target_ref)
+                    source=ctx.source, task=task, media=refs, data=data, target=target_ref)
     validate(sample, str(where))
     return sample
 
@@ -68,10 +71,13 @@ def _listing(kinds: Sequence[str]) -> str:
 
 def _read(ref: MediaRef, index: int, where: Where, ctx: Context) -> tuple[str, bytes]:
     """(member name, original bytes) of one media file; raises naming the record, the field and the path."""
-    path = media_path(ctx, ref.path, where, ref.field)
-    if not path.is_file():
-        raise where.error(ref.field, f"{ref.kind} file {ref.path!r} not found (looked at {path})", MISSING_MEDIA)
-    data = path.read_bytes()
+    if ref.data is not None:
+        path, data = Path(ref.path), ref.data
+    else:
+        path = media_path(ctx, ref.path, where, ref.field)
+        if not path.is_file():
+            raise where.error(ref.field, f"{ref.kind} file {ref.path!r} not found (looked at {path})", MISSING_MEDIA)
+        data = path.read_bytes()
     if not data:
         raise where.error(ref.field, f"{ref.kind} file {path} is empty", CORRUPT_MEDIA)
     if ref.kind == "image":

@@ -1,6 +1,7 @@
 """ShareGPT / Vicuna chats: `{id?, system?, conversations: [{from, value}, ...]}` -> one Sample per record.
 
-`parse_turns` is shared with the LLaVA and role/content (mllm) builders, which use the same turn lists.
+`parse_turns` is shared with the LLaVA and role/content (mllm) builders, which use the same turn lists, and
+`turns_or_pair` with the builders whose rows hold either such a list or one question/answer pair.
 """
 from __future__ import annotations
 
@@ -43,3 +44,12 @@ def parse_turns(turns: list, where: Where, field: str, role_key: str = "from",
         role = map_role(require(turn, role_key, str, where, f"{name}.{role_key}"), ROLES, where, f"{name}.{role_key}")
         messages.append(Message(role, require(turn, content_key, str, where, f"{name}.{content_key}")))
     return messages
+
+
+def turns_or_pair(record: dict, where: Where, question: str, answer: str) -> tuple[list[Message], str]:
+    """The record's `conversations`, else one user turn from field `question` and the reply from `answer`; with
+    the field that placeholder errors name."""
+    if "conversations" in record:
+        return parse_turns(require(record, "conversations", list, where), where, "conversations"), "conversations"
+    return [Message("user", require(record, question, str, where)),
+            Message("assistant", require(record, answer, str, where))], question

@@ -1,13 +1,24 @@
 """The shared build loop: registry, options, train/eval split, shard sizes, skip policy, staging of the output."""
 from __future__ import annotations
 
+import base64
 import json
 from collections import Counter
+from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from data_builders import BUILDERS, build
 from mmtune.errors import ConfigError, DataError
+
+
+def mimic_it_input(write_json: Callable[..., Path], image: bytes) -> Path:
+    """MIMIC-IT reads an instruction object and the base64 images beside it, not a list of records."""
+    write_json("f.json", {"i": base64.b64encode(image).decode()})
+    entry = {"instruction": "q", "answer": "a", "image_ids": ["i"], "rel_ins_ids": []}
+    return write_json("f_instructions.json", {"meta": {}, "data": {"m": entry}})
+
 
 # One small valid input per builder: adding a builder without adding it here fails test_every_builder_has_a_fixture.
 FIXTURES = {
@@ -20,6 +31,11 @@ FIXTURES = {
     "mllm": [{"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "a"}],
               "images": ["a.png"]}],
     "ip2p": [{"input_image": "a.png", "edit_prompt": "make it blue", "edited_image": "a.png"}],
+    "vision-flan": [{"id": "v", "image": "a.png", "instruction": "q", "target": "a"}],
+    "lamm": [{"id": "l", "image": "a.png", "conversations": [{"from": "human", "value": "q"},
+                                                              {"from": "gpt", "value": "a"}]}],
+    "video-chat": [{"video": "a.png", "q": "q", "a": "a"}],  # video bytes are not decoded at build time
+    "mimic-it": mimic_it_input,
 }
 
 
@@ -37,7 +53,9 @@ def test_every_builder_has_a_fixture():
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_every_builder_round_trips_its_fixture(name, build_read, write_json, image_file):
     image = image_file("a.png").read_bytes()
-    report, samples = build_read(name, write_json("f.json", FIXTURES[name]))
+    inputs = FIXTURES[name]
+    path = inputs(write_json, image) if callable(inputs) else write_json("f.json", inputs)
+    report, samples = build_read(name, path)
     assert report.train == len(samples) == 1
     edit = samples[0].target is not None  # an edit triplet learns from its target image, not a reply
     assert [m.role for m in samples[0].messages] == (["user"] if edit else ["user", "assistant"])
@@ -128,7 +146,7 @@ def test_nothing_written_is_an_error(tmp_path, write_json):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"name": "dolly"}, ConfigError, r"unknown builder 'dolly'; choose one of \['alpaca', 'ip2p', 'llava', 'mllm', 'oasst'"),
+    ({"name": "dolly"}, ConfigError, r"unknown builder 'dolly'; choose one of \['alpaca', 'ip2p', 'lamm', 'llava'"),
     ({"all_paths": True}, ConfigError, r"builder 'alpaca' has no option 'all_paths' \(its options: none\)"),
     ({"on_error": "ignore"}, ConfigError, r"on_error must be one of \('raise', 'skip'\), got 'ignore'"),
     ({"eval_fraction": 1.0}, ConfigError, r"eval_fraction must be in \[0, 1\), got 1.0"),

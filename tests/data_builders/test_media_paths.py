@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mmtune.data.sample import Sample
 from mmtune.errors import DataError
 
 
@@ -21,7 +22,25 @@ def mllm_record(record_id: str, path: str) -> tuple[dict, str]:
     return {"id": record_id, "messages": messages, "images": [path]}, "images[0]"
 
 
-RECORDS = {"llava": llava_record, "mllm": mllm_record}
+def vision_flan_record(record_id: str, path: str) -> tuple[dict, str]:
+    return {"id": record_id, "image": path, "instruction": "What is it?", "target": "A square."}, "image"
+
+
+def lamm_record(record_id: str, path: str) -> tuple[dict, str]:
+    return {**llava_record(record_id, path)[0], "task_type": "VQA"}, "image"
+
+
+def video_chat_record(record_id: str, path: str) -> tuple[dict, str]:
+    return {"id": record_id, "video": path, "q": "What moves?", "a": "A square."}, "video"
+
+
+RECORDS = {"llava": llava_record, "mllm": mllm_record, "vision-flan": vision_flan_record, "lamm": lamm_record,
+           "video-chat": video_chat_record}
+
+
+def record_id(sample: Sample) -> str:
+    """The source record's id (Vision-Flan appends `/record number` to make sample ids unique)."""
+    return sample.id.split("/")[0]
 
 
 @pytest.fixture
@@ -53,7 +72,7 @@ def test_escaping_path_raises_naming_file_record_and_path(build_read, write_json
     with pytest.raises(DataError, match=expected):
         build_read(builder, input_path)
     report, samples = build_read(builder, input_path, on_error="skip")
-    assert [s.id for s in samples] == ["ok"]
+    assert [record_id(s) for s in samples] == ["ok"]
     assert report.skipped == Counter({"media_outside_folder": 1})
 
 
@@ -63,7 +82,7 @@ def test_allow_outside_media_reads_every_escaping_path(build_read, write_json, f
     report, samples = build_read(builder, write_json("data/in.json", records), allow_outside_media=True)
     outside = (folder.parent / "outside.png").read_bytes()
     assert report.skipped == Counter()
-    assert [(s.id, s.data["0.jpg"]) for s in samples] == [(kind, outside) for kind in escapes(folder)]
+    assert [(record_id(s), s.data[s.media[0].member]) for s in samples] == [(kind, outside) for kind in escapes(folder)]
 
 
 def test_the_boundary_is_the_image_folder_and_the_check_is_on_the_resolved_path(build_read, write_json, folder,

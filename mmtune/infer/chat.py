@@ -92,6 +92,7 @@ def interactive(chat: Chat) -> None:
 
 
 def command(chat: Chat, text: str) -> None:
+    """`/reset`, or `/image PATH` (`/video`, `/points`): what is attached waits for the next turn."""
     name, _, arg = text[1:].partition(" ")
     if name == "reset" and not arg:
         chat.reset()

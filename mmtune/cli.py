@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from mmtune.errors import UserError
+from mmtune.config import MEDIA_KINDS
 
 DESCRIPTION = ("Instruction tuning of language models, text-only and multimodal, from one YAML file: build data "
                "shards, train a recipe, chat with and export the result, or run the built-in demo.")
@@ -34,61 +36,30 @@ def _spawn(args) -> int:
     return subprocess.call(cmd)
 
 
-CHAT_MEDIA = ("image", "video", "points")
-"""`mmtune chat --image/--video/--points`: a file per placeholder of that kind, in the first turn."""
-
-
-def _read_file(path: str, flag: str) -> bytes:
-    if not os.path.isfile(path):
-        raise UserError(f"{flag}: no such file {path}")
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def _chat(args) -> int:
-    from mmtune.data.media import decode_image
-    from mmtune.data.sample import Message
-    from mmtune.infer.generate import generate, load_checkpoint
+    from mmtune.infer.chat import Chat, answer_file, interactive
+    from mmtune.infer.generate import load_checkpoint
 
-    files = {kind: [_read_file(path, f"--{kind}") for path in getattr(args, kind) or []] for kind in CHAT_MEDIA}
-    images = [decode_image(data, path) for data, path in zip(files["image"], args.image or [])]
+    if args.input and (args.prompt is not None or any(getattr(args, kind) for kind in MEDIA_KINDS)):
+        raise UserError("--input: give prompts and images in the file, not with --prompt/--image/--video/--points")
+    if bool(args.input) != bool(args.output):
+        raise UserError("--input and --output go together (a JSONL file of prompts in, one of answers out)")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size: must be at least 1, got {args.batch_size}")
     model, tokenizer, cfg = load_checkpoint(args.ckpt)
-    for kind, given in files.items():
-        if given and kind not in model.media:
-            what = "is text-only" if not model.media else f"has no {kind} encoder"
-            raise UserError(f"--{kind}: the checkpoint {args.ckpt} {what} (its recipe has no model.media.{kind})")
-    history: list[Message] = []
-
-    def ask(text: str) -> str:
-        """The media go with the first turn; every turn is answered with them in view."""
-        for kind, given in files.items():
-            new, placeholder = ([] if history else given), f"<{kind}>"
-            if new and placeholder not in text:
-                text = f"{placeholder}\n" * len(new) + text
-            if (placeholders := text.count(placeholder)) != len(new):
-                raise UserError(f"the prompt has {placeholders} {placeholder} placeholder(s) for {len(new)} "
-                                f"{kind}(s); give one --{kind} per placeholder (first turn only)")
-        history.append(Message("user", text))
-        answer = generate(model, tokenizer, cfg, [list(history)], [images] if images else None,
-                          max_new_tokens=args.max_new_tokens, media=[files])[0]
-        history.append(Message("assistant", answer))
-        return answer
-
-    if args.prompt is not None:
-        print(ask(args.prompt))
+    if args.input:
+        n = answer_file(model, tokenizer, cfg, Path(args.input), Path(args.output), args.max_new_tokens,
+                        args.batch_size)
+        print(f"{n} answers: {args.output}")
         return 0
-    print("mmtune chat: empty line or Ctrl-D to quit")
-    while True:
-        try:
-            text = input("you> ").strip()
-        except EOFError:
-            break
-        if not text:
-            break
-        try:
-            print("model>", ask(text))
-        except UserError as e:  # a bad turn is not the end of the session
-            print(f"error: {e}", file=sys.stderr)
+    chat = Chat(model, tokenizer, cfg, args.max_new_tokens)
+    for kind in MEDIA_KINDS:
+        for path in getattr(args, kind) or []:
+            chat.attach(kind, path, f"--{kind}")
+    if args.prompt is not None:
+        print(chat.ask(args.prompt))
+    else:
+        interactive(chat)
     return 0
 
 
@@ -141,9 +112,12 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_build_data)
     c = sub.add_parser("chat", help="talk to a trained checkpoint")
     c.add_argument("--ckpt", required=True, help="checkpoint directory or run directory (newest checkpoint)")
-    c.add_argument("--prompt", help="one-shot prompt; without it, an interactive session")
-    for kind in CHAT_MEDIA:
+    c.add_argument("--prompt", help="one-shot prompt; without it (and --input), an interactive session")
+    for kind in MEDIA_KINDS:
         c.add_argument(f"--{kind}", action="append", help=f"{kind} file for the first turn (repeatable)")
+    c.add_argument("--input", help='batch mode: JSONL of {"prompt": ..., "images": [paths relative to the file]}')
+    c.add_argument("--output", help="batch mode: JSONL written with each input record and its answer")
+    c.add_argument("--batch-size", type=int, default=8, help="batch mode: prompts generated together")
     c.add_argument("--max-new-tokens", type=int, default=128)
     c.set_defaults(func=_chat)
     e = sub.add_parser("export", help="export a checkpoint as a Hugging Face model (hf) or LLaVA (llava) directory")

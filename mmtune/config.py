@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -252,6 +253,11 @@ class TrainConfig:
     """Run directory: config.yaml, metrics.jsonl, samples.jsonl, train.log, loss_curve.png, checkpoints/."""
     sample_prompts: list[str] = field(default_factory=list)
     """Prompts generated from at every eval, written to the log (users look before they read)."""
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    """Trackers that get every metrics.jsonl record (loss, lr, grad_norm, tokens_per_s, eval metrics as scalars;
+    sample generations as text): `tensorboard` writes event files into out_dir (`pip install .[report]`),
+    `wandb` logs offline unless WANDB_MODE is set. Empty by default, so a recipe does the same on every machine;
+    naming one that is not installed is refused when the config loads."""
     sparse_lm_head: bool = True
     """Apply the LM head only where a label is supervised (same loss, far fewer FLOPs and less memory)."""
     engine: ComponentConfig = field(default_factory=lambda: ComponentConfig("single"))
@@ -269,6 +275,14 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        for tracker in self.report_to:
+            if importlib.util.find_spec(tracker) is None:
+                raise ConfigError(f"train.report_to names {tracker}, which is not installed "
+                                  f"({TRACKER_INSTALL[tracker]})")
+
+
+TRACKER_INSTALL = {"tensorboard": "pip install -c requirements/lock.txt -e .[report]", "wandb": "pip install wandb"}
+"""How to install each train.report_to tracker (each is the package of the same name)."""
 
 
 @dataclass

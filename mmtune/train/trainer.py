@@ -161,7 +161,8 @@ def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
         state = checkpoint.load(ckpt, engine, model, scheduler)
     if engine.is_main:
         save_config(cfg, run_dir / "config.yaml")
-    log = RunLog(run_dir, resume_step=state["step"] if ckpt is not None else None, active=engine.is_main)
+    log = RunLog(run_dir, resume_step=state["step"] if ckpt is not None else None, active=engine.is_main,
+                 report_to=cfg.train.report_to, config=asdict(cfg))
     batches, batcher = make_batches(cfg, train_shards, encoder, pad_id, DataState(**state["data"]), train=True,
                                     rank=engine.rank, world=engine.world)
     batcher.counts.update(state["counts"])
@@ -300,4 +301,5 @@ def finish(run: Run) -> dict:
         summary.update(cb("end", step=run.state["step"], model=run.model, tokenizer=run.tokenizer, log=run.log) or {})
     run.log.say(f"done: {run.state['step']} steps; loss curve {curve}; checkpoint {summary['checkpoint']}")
     run.log.say(f"data: {describe_counts(run.state['counts'])}")
+    run.log.close()
     return summary

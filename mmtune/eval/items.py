@@ -9,13 +9,13 @@ A record that cannot be used raises DataError naming the file, the line (or shar
 """
 from __future__ import annotations
 
-import json
 import string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmtune.data.media import decode_image
+from mmtune.data.jsonl import json_object, numbered_lines
 from mmtune.data.sample import Message
 from mmtune.errors import DataError
 
@@ -63,22 +63,14 @@ def _keep(loaded: Loaded, parse, on_error: str) -> None:
 
 
 def _load_jsonl(path: Path, need_answer: bool, on_error: str) -> Loaded:
-    if not path.is_file():
-        raise DataError(f"--data: no such file {path}")
     loaded = Loaded([], Counter())
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            _keep(loaded, lambda: _jsonl_item(line, f"{path}:{n}", path.parent, need_answer), on_error)
+    for where, line in numbered_lines(path, "--data"):
+        _keep(loaded, lambda: _jsonl_item(line, where, path.parent, need_answer), on_error)
     return loaded
 
 
 def _jsonl_item(line: str, where: str, folder: Path, need_answer: bool) -> EvalItem:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not a JSON object: {e}") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    record = json_object(line, where)
     answer = record.get("answer")
     if need_answer and not isinstance(answer, str):
         raise DataError(f"{where}: field 'answer': " + ("missing" if answer is None else "expected a string"))

@@ -12,24 +12,17 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from mmtune.data.jsonl import json_object, numbered_lines
 from mmtune.data.sample import Message
 from mmtune.errors import DataError
 
 
 def read_questions(path: Path) -> list[dict]:
     """Question records, each checked for a question_id and a non-empty list of string turns."""
-    if not path.is_file():
-        raise DataError(f"--data: no such file {path}")
     questions = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            q = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not a JSON object: {e}") from None
-        if not isinstance(q, dict) or "question_id" not in q:
+    for where, line in numbered_lines(path, "--data"):
+        q = json_object(line, where)
+        if "question_id" not in q:
             raise DataError(f"{where}: field 'question_id': missing")
         turns = q.get("turns")
         if not (isinstance(turns, list) and turns and all(isinstance(t, str) for t in turns)):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mmtune.config import MEDIA_KINDS
 from mmtune.data.media import decode_image
+from mmtune.data.jsonl import json_object, numbered_lines
 from mmtune.data.sample import Message
 from mmtune.errors import UserError
 from mmtune.infer.generate import generate
@@ -107,18 +108,10 @@ def command(chat: Chat, text: str) -> None:
 def read_prompts(path: Path, model) -> list[tuple[dict, str, dict]]:
     """(record, prompt with placeholders, media) per non-empty line of a JSONL file of {"prompt", "images"?};
     image paths are relative to the file's folder. Everything is checked before the first answer."""
-    if not path.is_file():
-        raise UserError(f"--input: no such file {path}")
     prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not valid JSON ({e})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+    for where, line in numbered_lines(path, "--input"):
+        record = json_object(line, where)
+        if not isinstance(record.get("prompt"), str):
             raise UserError(f'{where}: expected {{"prompt": "...", "images": [paths]}} with a string prompt')
         if unknown := sorted(set(record) - {"prompt", "images"}):
             raise UserError(f"{where}: unknown key(s) {unknown} (known: prompt, images)")

@@ -41,7 +41,7 @@ class ComponentConfig:
 
 
 MEDIA_KINDS = ("image", "video", "points")
-"""Media kinds a model can take, each with its own encoder and bridge (data.sample.MEDIA_KINDS names the same)."""
+"""Media kinds a model can take, each with its own encoder, bridge and placeholder (`<image>`, ...) in samples."""
 
 
 @dataclass

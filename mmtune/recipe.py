@@ -39,14 +39,13 @@ def find_recipe(path: str | Path) -> Path:
 def check_names(cfg: RunConfig, where: str = "config") -> None:
     """Raise ConfigError naming the file, the key, the unknown name and the closest known one."""
     from mmtune.models.kinds import KINDS
-    from mmtune.models.objectives import OBJECTIVES, objective_args
+    from mmtune.models.objectives import objective_args
 
     try:
         check_choice(cfg.model.kind, KINDS, "model.kind")
-        check_choice(cfg.train.objective, OBJECTIVES, "train.objective")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    objective_args(cfg, where)  # typed args, and the model kind it trains; names `where` itself
+    objective_args(cfg, where)  # the objective's name, typed args and the model kind it trains; names `where`
     if cfg.model.kind == "lm":
         _check_lm_names(cfg, where)
 
@@ -54,6 +53,7 @@ def check_names(cfg: RunConfig, where: str = "config") -> None:
 def _check_lm_names(cfg: RunConfig, where: str) -> None:
     """Template, LLM source, encoder (and its args) and bridge of a language-model recipe."""
     from mmtune.data.templates import TEMPLATES
+    from mmtune.encoders import encoder_args
 
     try:
         check_choice(cfg.data.template, TEMPLATES, "data.template")
@@ -62,17 +62,15 @@ def _check_lm_names(cfg: RunConfig, where: str) -> None:
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     for kind, part in cfg.model.media.parts().items():
-        from mmtune.encoders import encoder_args
-
         encoder_args(part.encoder, kind, where)  # names `where` itself
 
 
 def _check_media(cfg: RunConfig) -> None:
     """Each kind's encoder name is one that serves the kind, its bridge name is known."""
-    for kind, part in cfg.model.media.parts().items():
-        from mmtune.bridges import check_bridge
-        from mmtune.encoders import encoder_class
+    from mmtune.bridges import check_bridge
+    from mmtune.encoders import encoder_class
 
+    for kind, part in cfg.model.media.parts().items():
         encoder_class(part.encoder, kind)
         check_bridge(part.bridge, f"model.media.{kind}.bridge")
 

@@ -177,6 +177,12 @@ def next_token_targets(labels: torch.Tensor, seq_ids: torch.Tensor) -> torch.Ten
     return targets
 
 
+def to_device(batch: dict, device) -> dict:
+    """A batch on `device`: its tensors, and those inside nested dicts (`media` holds one tensor per kind)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else to_device(v, device) if isinstance(v, dict) else v
+            for k, v in batch.items()}
+
+
 def padding_fraction(batch: dict) -> float:
     return float((batch["seq_ids"] < 0).float().mean())
 

@@ -12,10 +12,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from mmtune.config import MEDIA_KINDS
 from mmtune.errors import DataError
 
 ROLES = ("system", "user", "assistant")
-MEDIA_KINDS = ("image", "video", "points")
 PLACEHOLDERS = {f"<{kind}>": kind for kind in MEDIA_KINDS}
 PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS))
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import torch
 
 from mmtune.config import RunConfig
-from mmtune.data.packing import Batcher, DataState
+from mmtune.data.packing import Batcher, DataState, to_device
 from mmtune.data.pipeline import iterate_batches
 from mmtune.models.kinds import sample_encoder
 from mmtune.models.objectives import build_objective
@@ -32,7 +32,7 @@ def mean_loss(model, batches: Iterable[tuple[dict, object]], objective: Callable
     total, count, n = 0.0, 0, 0
     for batch, _ in itertools.islice(batches, max_batches):
         with precision():
-            out = objective(model, {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+            out = objective(model, to_device(batch, dev))
         total, count, n = total + float(out.loss_sum), count + out.count, n + 1
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(loss), "supervised_tokens": count, "batches": n}

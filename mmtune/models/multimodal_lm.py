@@ -2,9 +2,10 @@
 
 Token ids carry negative sentinels (templates.MEDIA_TOKEN_IDS: one per media kind) where media features go; `embed`
 replaces each kind's, in order, with bridge(encoder(items)) rows of that kind's part, so any number of images,
-videos and point clouds can sit anywhere in any turn and the LLM's vocabulary never changes. Labels at those positions are already -100 (templates). The forward pass returns
-logits only where a label is supervised (sparse LM head): the same loss, without paying the vocabulary-sized
-projection and a float32 [B, T, V] tensor for prompt, media and padding positions.
+videos and point clouds can sit anywhere in any turn and the LLM's vocabulary never changes. Labels at those
+positions are already -100 (templates). The forward pass returns logits only where a label is supervised
+(sparse LM head): the same loss, without paying the vocabulary-sized projection and a float32 [B, T, V] tensor for
+prompt, media and padding positions.
 """
 from __future__ import annotations
 

@@ -35,6 +35,11 @@ def process_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def local_device() -> torch.device:
+    """This process's device: its GPU (`cuda:LOCAL_RANK`) where there is one, else the CPU."""
+    return torch.device(f"cuda:{process_env()[2]}") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -75,7 +80,7 @@ class Engine:
 
     @property
     def device(self) -> torch.device:
-        return torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        return local_device()
 
     # -- model and optimizer ------------------------------------------------------------------------------------
     def wrap(self, model: torch.nn.Module, make_optimizer) -> torch.nn.Module:
@@ -152,12 +157,19 @@ class Engine:
         return weights_to_save(model)
 
     def save_state(self, ckpt: Path, model) -> None:
-        """Write model weights (and the adapter) plus the optimizer state into the checkpoint directory."""
+        """Write model weights (and the adapter) from the main rank, then the optimizer state into the checkpoint
+        directory."""
         from mmtune.train.checkpoint import write_weights
 
         weights = self.full_weights(model)
         if self.is_main:
             write_weights(ckpt, model, weights)
+        self.save_optimizer(ckpt, model)
+
+    def save_optimizer(self, ckpt: Path, model) -> None:
+        """The optimizer state as this engine resumes it: one file from the main rank here; sharded engines write
+        their own formats from every rank."""
+        if self.is_main:
             torch.save(self.optimizer.state_dict(), ckpt / "optimizer.pt")
 
     def load_state(self, ckpt: Path, model) -> None:

@@ -1,7 +1,8 @@
 """The one training loop, for every recipe and every engine. It reads top to bottom: batches -> global count
 (what the objective normalises by) -> objective -> backward (scaled by that count), and at each accumulation
 boundary: clip, step unless non-finite on any rank, schedule, log, evaluate, checkpoint. It knows nothing of model
-kinds and modalities (models/kinds.py, data/), loss details (models/objectives.py) or how processes cooperate (engine.py).
+kinds and modalities (models/kinds.py, data/), loss details (models/objectives.py) or how processes cooperate
+(engine.py).
 """
 from __future__ import annotations
 
@@ -16,27 +17,23 @@ import torch
 from tqdm import tqdm
 
 from mmtune.config import RunConfig, save_config
-from mmtune.data.packing import Batcher, DataState, padding_fraction
+from mmtune.data.packing import Batcher, DataState, padding_fraction, to_device
 from mmtune.data.pipeline import SampleEncoder, iterate_batches
 from mmtune.data.shards import count_samples, expand_shards
 from mmtune.errors import ConfigError, TrainingError
 from mmtune.eval.loss import mean_loss
-from mmtune.models.kinds import sample_encoder
+from mmtune.models.kinds import get_kind, sample_encoder
 from mmtune.models.objectives import Objective, build_objective
 from mmtune.train import checkpoint
-from mmtune.train.engine import Engine, build_engine, process_env
+from mmtune.train.engine import Engine, build_engine, local_device
 from mmtune.train.runlog import RunLog
 from mmtune.train.schedule import cosine_with_warmup
-
-
-def device() -> torch.device:
-    return torch.device(f"cuda:{process_env()[2]}" if torch.cuda.is_available() else "cpu")
 
 
 def slow_cpu_bf16() -> float:
     """How many times slower a bf16 matmul is than fp32 here (0 on GPU). Some CPU/torch builds lack bf16 GEMM
     kernels (measured: torch 2.14.1+cu130 on an AVX-512 CPU runs bf16 ~25x slower), so autocast would hurt."""
-    if device().type != "cpu":
+    if local_device().type != "cpu":
         return 0.0
 
     def timed(dtype):
@@ -52,7 +49,7 @@ def slow_cpu_bf16() -> float:
 
 def autocast(cfg: RunConfig):
     if cfg.train.precision == "bf16":
-        return torch.autocast(device().type, dtype=torch.bfloat16)
+        return torch.autocast(local_device().type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -76,10 +73,6 @@ def steps_for_epochs(cfg: RunConfig, shards: list[str], encoder: SampleEncoder, 
     else:
         per_epoch = math.ceil(count_samples(shards) / (cfg.train.batch_size * world))
     return max(1, math.ceil(cfg.train.epochs * per_epoch / cfg.train.grad_accum))
-
-
-def to_device(batch: dict, dev: torch.device) -> dict:
-    return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def evaluate(model, objective: Objective, cfg: RunConfig, shards: list[str], encoder: SampleEncoder,
@@ -135,8 +128,6 @@ class Run:
 
 def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
     """Engine, shards, model, optimizer, schedule; then the checkpoint to resume from, if any."""
-    from mmtune.models.kinds import get_kind
-
     engine = build_engine(cfg.train.engine, cfg.train)
     run_dir = Path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,16 +157,14 @@ def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
     batches, batcher = make_batches(cfg, train_shards, encoder, pad_id, DataState(**state["data"]), train=True,
                                     rank=engine.rank, world=engine.world)
     batcher.counts.update(state["counts"])
-    return Run(cfg, model, module, engine, objective, tokenizer, sizes, optimizer, scheduler, state, log, batches, batcher,
-               encoder, pad_id, eval_shards, callbacks, ckpt)
+    return Run(cfg, model, module, engine, objective, tokenizer, sizes, optimizer, scheduler, state, log, batches,
+               batcher, encoder, pad_id, eval_shards, callbacks, ckpt)
 
 
 def announce(run: Run) -> None:
     trainable, total = run.sizes
     where = f"resumed from {run.resumed_from}" if run.resumed_from else f"run dir {run.cfg.train.out_dir}"
     engine = f" | {run.engine.name} x {run.engine.world}" if run.engine.world > 1 else ""
-    from mmtune.models.kinds import get_kind
-
     name = get_kind(run.cfg.model.kind).describe(run.cfg)
     run.log.say(f"mmtune: {name} | trainable {trainable:,} / {total:,} params | {where}{engine}")
     if run.cfg.train.epochs:

@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from mmtune.data.packing import Batcher, DataState, collate
+from mmtune.data.packing import Batcher, DataState, collate, to_device
 from mmtune.data.pipeline import iterate_batches
 from mmtune.data.shards import Item, expand_shards
 from mmtune.errors import DataError
@@ -173,3 +173,11 @@ def test_iterate_batches_with_workers_matches_main_process(tmp_path):
         return [b["sample_ids"] for b, _ in it]
 
     assert ids(0) == ids(2)
+
+
+def test_to_device_moves_media_tensors_too():
+    """`media` holds one tensor per kind in a nested dict; a GPU run needs them on the GPU with the ids."""
+    batch = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "media": {"image": torch.zeros(1, 3, 2, 2)},
+             "sample_ids": ["a"]}
+    moved = to_device(batch, torch.device("meta"))
+    assert moved["input_ids"].is_meta and moved["media"]["image"].is_meta and moved["sample_ids"] == ["a"]

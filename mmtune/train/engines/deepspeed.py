@@ -97,12 +97,7 @@ class DeepSpeedEngine(Engine):
         with deepspeed.zero.GatheredParameters(params):  # ZeRO-3: these tensors whole on every rank; else a no-op
             return {n: tensors[n].detach().cpu().clone() for n in names} if self.is_main else {}
 
-    def save_state(self, ckpt: Path, model) -> None:
-        from mmtune.train.checkpoint import write_weights
-
-        weights = self.full_weights(model)
-        if self.is_main:
-            write_weights(ckpt, model, weights)
+    def save_optimizer(self, ckpt: Path, model) -> None:
         self.ds.save_checkpoint(str(ckpt / "deepspeed"), tag="state", exclude_frozen_parameters=True)
 
     def load_state(self, ckpt: Path, model) -> None:

@@ -81,14 +81,9 @@ class FSDPEngine(Engine):
         model_state, optim_state = get_state_dict(model, self.optimizer, options=options)
         return {"model": model_state, "optimizer": optim_state}, options
 
-    def save_state(self, ckpt: Path, model) -> None:
+    def save_optimizer(self, ckpt: Path, model) -> None:
         import torch.distributed.checkpoint as dcp
 
-        from mmtune.train.checkpoint import write_weights
-
-        weights = self.full_weights(model)
-        if self.is_main:
-            write_weights(ckpt, model, weights)
         dcp.save(self._sharded(model)[0], checkpoint_id=ckpt / "sharded")
 
     def load_state(self, ckpt: Path, model) -> None:

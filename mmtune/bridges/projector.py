@@ -5,14 +5,24 @@ mlp2x_gelu is copied into LlavaForConditionalGeneration's `multi_modal_projector
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass
+class NoArgs:
+    """Projectors take no arguments: their widths come from the encoder and the LLM."""
 
 
 class LinearProjector(nn.Linear):
     """LLaVA-1's projector: one Linear(D, H)."""
 
-    def __init__(self, in_dim: int, out_dim: int):
+    Args = NoArgs
+    context = None
+
+    def __init__(self, in_dim: int, out_dim: int, args: NoArgs | None = None):
         super().__init__(in_dim, out_dim)
 
     def num_tokens(self, n_in: int) -> int:
@@ -23,7 +33,10 @@ class MLPProjector(nn.Module):
     """`depth` Linear layers with GELU between them: Linear(D, H), then (GELU, Linear(H, H)) * (depth - 1).
     depth 2 is LLaVA-1.5's mlp2x_gelu."""
 
-    def __init__(self, in_dim: int, out_dim: int, depth: int = 2):
+    Args = NoArgs
+    context = None
+
+    def __init__(self, in_dim: int, out_dim: int, args: NoArgs | None = None, depth: int = 2):
         super().__init__()
         if depth < 1:
             raise ValueError(f"MLPProjector depth must be >= 1, got {depth}")

@@ -150,7 +150,7 @@ def collate(rows: list[Row], pad_id: int) -> dict:
     labels = torch.full(shape, IGNORE, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     seq_ids = torch.full(shape, -1, dtype=torch.long)
-    media, ids, n = [], [], 0
+    media, contexts, ids, n = [], [], [], 0
     for r, row in enumerate(rows):
         at = 0
         for s in row:
@@ -160,11 +160,12 @@ def collate(rows: list[Row], pad_id: int) -> dict:
             position_ids[r, at:at + length] = torch.arange(length)
             seq_ids[r, at:at + length] = n
             media.append(s.get("media") or {})
+            contexts.append(s.get("media_context") or {})
             ids.append(s["id"])
             at += length
             n += 1
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "seq_ids": seq_ids,
-            "media": _media(media), "sample_ids": ids,
+            "media": _media(media), "media_context": _media_context(contexts), "sample_ids": ids,
             "packed": any(len(row) > 1 for row in rows),
             "supervised_tokens": int((next_token_targets(labels, seq_ids) != IGNORE).sum())}
 
@@ -201,7 +202,9 @@ def collate_seq2seq(rows: list[Row], pad_id: int) -> dict:
     real = torch.arange(enc_len)[None, :] < lengths[:, None]
     seq_ids = torch.arange(len(samples))[:, None].expand(-1, enc_len).masked_fill(~real, -1)
     return {"input_ids": input_ids, "attention_mask": (seq_ids >= 0).long(), "labels": labels, "seq_ids": seq_ids,
-            "media": _media([s.get("media") or {} for s in samples]), "sample_ids": [s["id"] for s in samples],
+            "media": _media([s.get("media") or {} for s in samples]),
+            "media_context": _media_context([s.get("media_context") or {} for s in samples]),
+            "sample_ids": [s["id"] for s in samples],
             "packed": False, "supervised_tokens": int((labels != IGNORE).sum())}
 
 
@@ -210,3 +213,11 @@ def _media(per_sample: list[dict]) -> dict[str, torch.Tensor]:
     each kind in row order, as the sentinels of that kind appear in the batch."""
     kinds = [k for k in MEDIA_TOKEN_IDS if any(k in m for m in per_sample)]
     return {k: torch.cat([torch.as_tensor(m[k]) for m in per_sample if k in m]) for k in kinds}
+
+
+def _media_context(per_sample: list[dict]) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-sample {kind: {name: array [n, ...]}} (the instructions context bridges read) -> {kind: {name: tensor}},
+    in the same item order as `_media`."""
+    kinds = [k for k in MEDIA_TOKEN_IDS if any(k in c for c in per_sample)]
+    return {k: {name: torch.cat([torch.as_tensor(c[k][name]) for c in per_sample if k in c])
+                for name in next(c[k] for c in per_sample if k in c)} for k in kinds}

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mmtune.data.packing import Batcher, DataState, collate, collate_seq2seq
-from mmtune.data.sample import Sample
+from mmtune.data.sample import Sample, media_instructions
 from mmtune.data.stream import ShardStream
 from mmtune.data.templates import encode, encode_seq2seq, has_target
 from mmtune.data.workers import die_with
@@ -25,13 +25,16 @@ class SampleEncoder:
     """Sample -> dict(id, input_ids, labels, media, modality). Raises DataError naming the sample.
 
     `media_loaders[kind]` is that kind's encoder `preprocess` (bytes -> array); `media` holds one array
-    [n, *item_shape] per kind present in the sample, items in placeholder order."""
+    [n, *item_shape] per kind present in the sample, items in placeholder order. `context_encoders[kind]`, for a
+    kind whose bridge reads its item's instruction, encodes that text; `media_context[kind]` holds the arrays
+    stacked [n, ...] like the items."""
     tokenizer: object
     template: str
     max_len: int
     system_prompt: str | None = None
     media_tokens: dict | None = None
     media_loaders: dict[str, Callable[[bytes, str], np.ndarray]] | None = None
+    context_encoders: dict[str, Callable[[str], dict[str, np.ndarray]]] | None = None
     overlong: str = "truncate"
     seq2seq: bool = False
 
@@ -53,7 +56,7 @@ class SampleEncoder:
         if enc.truncated and sum(1 for i in enc.input_ids if i < 0) != expected:
             raise SampleSkip(f"{where}: truncation to data.max_len={self.max_len} would cut media", "overlong")
         return {"id": sample.id, "input_ids": enc.input_ids, "labels": enc.labels, "media": self._media(sample, where),
-                "modality": "+".join(sorted({m.kind for m in sample.media})) or "text", "truncated": enc.truncated}
+                "media_context": self._context(sample), "modality": "+".join(sorted({m.kind for m in sample.media})) or "text", "truncated": enc.truncated}
 
     @property
     def collate_fn(self) -> Callable[[list, int], dict]:
@@ -76,6 +79,18 @@ class SampleEncoder:
                                 f"(set model.media.{m.kind})")
             items.setdefault(m.kind, []).append(load(sample.data[m.member], f"{where} member {m.member!r}"))
         return {kind: np.stack(arrays) for kind, arrays in items.items()}
+
+    def _context(self, sample: Sample) -> dict[str, dict[str, np.ndarray]]:
+        per_kind: dict[str, list[dict[str, np.ndarray]]] = {}
+        for kind, text in media_instructions(sample.messages):
+            if encode_context := (self.context_encoders or {}).get(kind):
+                per_kind.setdefault(kind, []).append(encode_context(text))
+        return {kind: stack_fields(encoded) for kind, encoded in per_kind.items()}
+
+
+def stack_fields(encoded: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """[{name: array}] -> {name: stacked array}."""
+    return {name: np.stack([e[name] for e in encoded]) for name in encoded[0]}
 
 
 def iterate_batches(shards: list[str], encoder: SampleEncoder, batcher: Batcher, pad_id: int, state: DataState, *,

@@ -82,6 +82,13 @@ def count_placeholders(text: str) -> list[str]:
     return [PLACEHOLDERS[m] for m in PLACEHOLDER_RE.findall(text)]
 
 
+def media_instructions(messages: list[Message]) -> list[tuple[str, str]]:
+    """(kind, instruction) for each placeholder, in order: the text of the turn the placeholder sits in, with
+    placeholders removed. An instruction-aware bridge (InstructBLIP's Q-Former) reads it with that item."""
+    return [(kind, " ".join(PLACEHOLDER_RE.sub(" ", m.content).split()))
+            for m in messages for kind in count_placeholders(m.content)]
+
+
 def validate(sample: Sample, where: str = "") -> None:
     """Raise DataError unless roles, contents and placeholders/media agree. `where` prefixes the message."""
     where = where or f"sample {sample.id!r}"

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from mmtune.config import RunConfig, load_config
-from mmtune.data.sample import Message
+from mmtune.data.pipeline import stack_fields
+from mmtune.data.sample import Message, media_instructions
 from mmtune.data.templates import render_prompt, stop_token_ids
 from mmtune.errors import ConfigError
 
@@ -59,7 +60,8 @@ def generate(model, tokenizer, cfg: RunConfig, conversations: list[list[Message]
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=dev)
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
-    embeds = model.embed(ids, {kind: torch.stack(v).to(dev) for kind, v in items.items()})
+    embeds = model.embed(ids, {kind: torch.stack(v).to(dev) for kind, v in items.items()},
+                         _media_context(model, conversations, items, dev))
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature > 0 \
         else {"do_sample": False}
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -71,6 +73,17 @@ def generate(model, tokenizer, cfg: RunConfig, conversations: list[list[Message]
                                  stop_strings=list(stop) or None, tokenizer=tokenizer if stop else None, **sampling)
     # Decoder-only models given only inputs_embeds return just the new tokens.
     return [_cut(tokenizer.decode(row, skip_special_tokens=True), stop).strip() for row in out]
+
+
+def _media_context(model, conversations: list[list[Message]], items: dict, dev) -> dict:
+    """Each item's instruction, encoded by its kind's context bridge as in training (SampleEncoder)."""
+    context = {}
+    for kind, part in model.media.items():
+        if part.encode_context and kind in items:
+            encoded = [part.encode_context(text) for msgs in conversations
+                       for k, text in media_instructions(msgs) if k == kind]
+            context[kind] = {name: torch.as_tensor(a, device=dev) for name, a in stack_fields(encoded).items()}
+    return context
 
 
 def _cut(text: str, stop: tuple[str, ...]) -> str:

@@ -62,8 +62,9 @@ def build_media(cfg: RunConfig, hidden: int, from_scratch: set[str]) -> dict:
         if any(True for _ in encoder.parameters()):  # a video encoder on the shared image tower has none
             encoder = apply_tuning(encoder, cfg.tuning.mode(kind, "encoder"), cfg.tuning.lora,
                                    f"tuning.media.{kind}.encoder")
+        encode_context = bridge.context_encoder() if bridge.context else None
         bridge = apply_tuning(bridge, cfg.tuning.mode(kind, "bridge"), cfg.tuning.lora, f"tuning.media.{kind}.bridge")
-        media[kind] = MediaPart(encoder, bridge)
+        media[kind] = MediaPart(encoder, bridge, encode_context)
     return media
 
 

@@ -21,6 +21,8 @@ class LanguageModel:
         return SampleEncoder(tokenizer=tokenizer, template=cfg.data.template, max_len=cfg.data.max_len,
                              system_prompt=cfg.data.system_prompt, media_tokens=model.media_tokens,
                              media_loaders={kind: part.encoder.preprocess for kind, part in model.media.items()},
+                             context_encoders={kind: part.encode_context for kind, part in model.media.items()
+                                               if part.encode_context},
                              overlong=cfg.data.overlong, seq2seq=model.seq2seq)
 
     def describe(self, cfg: RunConfig) -> str:

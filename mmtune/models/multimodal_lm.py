@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -32,19 +33,24 @@ class Scored:
 
 
 class MediaPart(nn.Module):
-    """One media kind's encoder and bridge: items [n, *item_shape] -> [n, M, hidden] in the LLM's embedding space."""
+    """One media kind's encoder and bridge: items [n, *item_shape] (and, for a bridge that reads each item's
+    instruction, its context arrays) -> [n, M, hidden] in the LLM's embedding space."""
 
-    def __init__(self, encoder: nn.Module, bridge: nn.Module):
+    def __init__(self, encoder: nn.Module, bridge: nn.Module, encode_context: Callable | None = None):
         super().__init__()
         self.encoder, self.bridge = encoder, bridge
+        self.encode_context = encode_context
+        """For a bridge that reads its item's instruction: its `context_encoder()` (text -> arrays, run in the
+        DataLoader workers and at generation), taken before tuning may wrap the bridge; else None."""
 
     @property
     def num_tokens(self) -> int:
         """M, the LLM positions one item occupies (counts toward max_len)."""
         return self.bridge.num_tokens(self.encoder.num_tokens)
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.bridge(self.encoder(items))
+    def forward(self, items: torch.Tensor, context: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        features = self.encoder(items)
+        return self.bridge(features, context) if self.encode_context else self.bridge(features)
 
     def zero_pass(self, like: torch.Tensor) -> torch.Tensor:
         """A zero that depends on every parameter of this part: same loss, zero gradients, same collectives."""
@@ -77,10 +83,11 @@ class MultimodalLM(nn.Module):
         """LLM positions one media item occupies, per kind (counts toward max_len)."""
         return {kind: part.num_tokens for kind, part in self.media.items()}
 
-    def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor] | None = None,
+              context: dict[str, dict[str, torch.Tensor]] | None = None) -> torch.Tensor:
         """Token embeddings with each kind's features written over its sentinel positions, in order.
-        [B, T] and {kind: [n, *item_shape]} -> [B, T, H]."""
-        media = media or {}
+        [B, T] and {kind: [n, *item_shape]} (and {kind: {name: [n, ...]}} for context bridges) -> [B, T, H]."""
+        media, context = media or {}, context or {}
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(input_ids < 0, 0))
         unknown = sorted(set(media) - set(self.media))
         if unknown:
@@ -95,7 +102,7 @@ class MultimodalLM(nn.Module):
                 if kind in self.media and self.media_pass_always:
                     embeds = embeds + self.media[kind].zero_pass(embeds)
                 continue
-            feats = self.media[kind](media[kind]).to(embeds.dtype)  # [n, M, H]
+            feats = self.media[kind](media[kind], context.get(kind)).to(embeds.dtype)  # [n, M, H]
             n_slots = int(slots.sum())
             if n_slots != feats.shape[0] * feats.shape[1]:
                 raise DataError(f"batch has {n_slots} {kind} positions but {feats.shape[0]} {kind} items x "
@@ -115,7 +122,7 @@ class MultimodalLM(nn.Module):
             mask = (seq >= 0).long()
         kwargs = {"position_ids": batch["position_ids"]} if self._takes_positions else {}
         backbone = self._parts[0]
-        embeds = self.embed(batch["input_ids"], batch.get("media"))
+        embeds = self.embed(batch["input_ids"], batch.get("media"), batch.get("media_context"))
         return backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs, **self._no_cache).last_hidden_state
 
     def forward(self, batch: dict, sparse: bool = True) -> Scored:
@@ -132,7 +139,7 @@ class MultimodalLM(nn.Module):
     def _forward_seq2seq(self, batch: dict) -> Scored:
         """Encoder-decoder LLMs: instruction into the encoder, response as decoder labels (not shifted here:
         the model shifts them right to make its decoder inputs)."""
-        embeds = self.embed(batch["input_ids"], batch.get("media"))
+        embeds = self.embed(batch["input_ids"], batch.get("media"), batch.get("media_context"))
         out = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
         keep = batch["labels"] != IGNORE
         seq = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)

@@ -1,6 +1,7 @@
 """The bridge contract for every entry of BRIDGES, and mlp2x_gelu's identity with LLaVA's projector in transformers."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
@@ -12,9 +13,19 @@ from mmtune.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", [*BRIDGES, "mlp1x_gelu", "mlp3x_gelu"])
-def test_bridge_maps_features_to_llm_width(name):
+def test_bridge_maps_features_to_llm_width_and_every_parameter_learns(name):
+    """Default arguments; a context bridge gets two instructions encoded by its own context encoder."""
     bridge = build_bridge(ComponentConfig(name), in_dim=16, out_dim=24)
-    assert bridge(torch.randn(2, 5, 16)).shape == (2, bridge.num_tokens(5), 24)
+    features = torch.randn(2, 5, 16)
+    if bridge.context:
+        encoded = [bridge.context_encoder()(t) for t in ("What colour is the shape?", "How many?")]
+        context = {k: torch.as_tensor(np.stack([e[k] for e in encoded])) for k in encoded[0]}
+        out = bridge(features, context)
+    else:
+        out = bridge(features)
+    assert out.shape == (2, bridge.num_tokens(5), 24)
+    out.square().mean().backward()
+    assert [n for n, p in bridge.named_parameters() if p.grad is None or not p.grad.any()] == []
 
 
 def test_mlp2x_gelu_loads_into_llava_projector_and_agrees():

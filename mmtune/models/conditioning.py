@@ -158,6 +158,7 @@ class LLMConditioner(nn.Module):
     def __init__(self, lm, prompt: LLMPrompt, queries: int):
         super().__init__()
         self.lm, self.prompt = lm, prompt
+        lm.media_pass_always = True  # a batch whose images are all dropped still uses (and syncs) the image part
         self.width = lm.llm.get_input_embeddings().embedding_dim
         std = float(lm.llm.get_input_embeddings().weight.std())
         self.queries = nn.Parameter(torch.randn(queries, self.width) * std) if queries else None
@@ -289,12 +290,13 @@ def text_encoder_args(cfg: RunConfig, where: str = "config"):
     spec = cfg.model.editor.text_encoder
     try:
         check_choice(spec.name, TEXT_ENCODERS, "model.editor.text_encoder.name")
-        if spec.name == "llm" and cfg.model.media.image is None:
-            raise ConfigError("model.editor.text_encoder=llm: the LLM reads the input image; set model.media.image "
-                              "(its encoder and bridge)")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    return from_dict(TEXT_ENCODERS[spec.name][0], spec.args, where, "model.editor.text_encoder.args.")
+    args = from_dict(TEXT_ENCODERS[spec.name][0], spec.args, where, "model.editor.text_encoder.args.")
+    if spec.name == "llm" and cfg.model.media.image is None:
+        raise ConfigError(f"{where}: model.editor.text_encoder=llm: the LLM reads the input image; set "
+                          "model.media.image (its encoder and bridge)")
+    return args
 
 
 def build_text_encoder(cfg: RunConfig):

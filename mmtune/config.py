@@ -75,8 +75,11 @@ class EditorConfig:
     latent concatenated with the input image's latent, cross-attending to the instruction's text features."""
     vae: str = "samples/vae"
     """Frozen VAE: a folder with TAEF2's taef2_encoder.pth/taef2_decoder.pth, or a diffusers AutoencoderKL dir."""
-    text_encoder: str = "minilm-l6"
-    """Frozen text encoder (its last hidden states condition the UNet): a registered weight or a local HF dir."""
+    text_encoder: ComponentConfig = field(default_factory=lambda: ComponentConfig("minilm"))
+    """What the UNet cross-attends to (key in models.conditioning.TEXT_ENCODERS, args typed there): `minilm`
+    (frozen MiniLM or another local BERT-like encoder: {source}), `clip` (a frozen CLIP text tower, Stable
+    Diffusion's; the exportable one: {path} or a small {config}) or `llm` (model.llm with model.media.image reads
+    the input image and the instruction, tuned by tuning.llm/encoder/bridge; {queries})."""
     unet: dict = field(default_factory=dict)
     """UNet2DConditionModel config keys over the small default (block_out_channels, layers_per_block, ...)."""
     init_unet: str = ""
@@ -84,7 +87,8 @@ class EditorConfig:
     image_size: int = 64
     """Images are resized (shorter side) and centre-cropped to this square; a multiple of the VAE's 8."""
     max_text_len: int = 32
-    """Instruction tokens kept (longer ones are truncated and counted)."""
+    """Instruction tokens kept (longer ones are truncated and counted); text_encoder=clip pads every instruction
+    to this length, as Stable Diffusion pads to its tokenizer's model_max_length."""
     prediction: Literal["epsilon", "v_prediction"] = "epsilon"
     """What the UNet predicts: the noise, or v (the DDPM schedule's velocity)."""
     train_timesteps: int = 1000

@@ -3,7 +3,7 @@
 Names are checked when the recipe is loaded, before a model is built or a DataLoader worker starts, so a typo in
 `data.template` ends the run with one line and a suggestion instead of a worker's traceback at the first sample.
 This module sits above config.py and every registry (model kinds, objectives and their args, templates,
-encoders, bridges, LLM sources).
+encoders, bridges, LLM sources, the image editor's conditioners).
 """
 from __future__ import annotations
 
@@ -47,6 +47,18 @@ def check_names(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: {e}") from None
     objective_args(cfg, where)  # the objective's name, typed args and the model kind it trains; names `where`
     if cfg.model.kind == "lm":
+        _check_lm_names(cfg, where)
+    elif cfg.model.kind == "image_editor":
+        _check_editor_names(cfg, where)
+
+
+def _check_editor_names(cfg: RunConfig, where: str) -> None:
+    """The conditioner's name and typed args; the LLM conditioner's LLM, template and image part as for a
+    language model."""
+    from mmtune.models.conditioning import text_encoder_args
+
+    text_encoder_args(cfg, where)  # names `where` itself
+    if cfg.model.editor.text_encoder.name == "llm":
         _check_lm_names(cfg, where)
 
 

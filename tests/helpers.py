@@ -10,12 +10,13 @@ import signal
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
 
-from mmtune.config import load_config
+from mmtune.config import RunConfig, load_config
 from mmtune.data.sample import Media, Message, Sample
 from mmtune.data.shards import ShardSink
 
@@ -120,3 +121,39 @@ class ProcessTree:
         for pid in self.alive():
             with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                 os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class Saved:
+    """A checkpoint and the mmtune model it holds, still in memory (LoRA unmerged): the reference outputs."""
+    ckpt: Path
+    model: object
+    tokenizer: object
+    cfg: RunConfig
+
+
+def save_checkpoint(run_dir: Path, *overrides: str) -> Saved:
+    """A checkpoint of a tiny model (of any model.kind) whose saved weights (LoRA's B included, which starts at
+    zero) are perturbed, so each part, and the LoRA merge, changes the outputs. Frozen pretrained parts are not
+    saved, so not perturbed."""
+    import torch
+
+    from mmtune.models.build import weights_to_save
+    from mmtune.models.kinds import get_kind
+    from mmtune.train import checkpoint
+    from mmtune.train.engine import Engine
+
+    cfg = load_config(None, ["model.llm=tiny:llama", f"train.out_dir={run_dir}", *overrides])
+    model, tokenizer = get_kind(cfg.model.kind).build(cfg)
+    gen = torch.Generator().manual_seed(0)
+    saved = weights_to_save(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in saved:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    engine = Engine({}, cfg.train)
+    engine.wrap(model, lambda params: torch.optim.SGD(params, lr=0.1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(engine.optimizer, lambda _: 1.0)
+    ckpt = checkpoint.save(run_dir, 1, engine, model, scheduler, {"step": 1, "data": {}, "counts": {}}, cfg,
+                           keep_last=1)
+    return Saved(ckpt, model.eval(), tokenizer, cfg)

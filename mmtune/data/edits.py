@@ -1,12 +1,14 @@
 """Edit triplets (input image, instruction, edited image) -> encoded samples and batches for image editors.
 
-The instruction is the user turns' text without the image placeholder, tokenised by the text encoder's
-tokenizer; both images get the same transform (shorter side resized, centre square crop, [0, 1]). Like
-SampleEncoder, images leave as numpy arrays (cheap through DataLoader worker queues).
+The instruction is the user turns' text without the image placeholder; the editor's conditioner turns it (and,
+for an LLM, the input image) into ids (models/conditioning.py). Both images get the same transform (shorter side
+resized, centre square crop, [0, 1]). Like SampleEncoder, images leave as numpy arrays (cheap through DataLoader
+worker queues).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,11 +36,10 @@ def instruction(sample: Sample) -> str:
 
 @dataclass
 class EditEncoder:
-    """Sample -> dict(id, input_ids, source_pixels, target_pixels, modality, truncated). Raises DataError naming
-    the sample when it is not an edit triplet."""
-    tokenizer: object
+    """Sample -> dict(id, input_ids, source_pixels, target_pixels, modality, truncated, and what the conditioner's
+    `prompt` adds). Raises DataError naming the sample when it is not an edit triplet."""
+    prompt: Callable[[str, Image.Image, str], dict]
     image_size: int
-    max_text_len: int
     packable = False
 
     def __call__(self, sample: Sample) -> dict:
@@ -47,31 +48,42 @@ class EditEncoder:
         if sample.target is None or len(images) != 1:
             raise DataError(f"{where}: not an edit triplet: needs one input image and a target image "
                             f"(has {len(images)} image(s), target {'set' if sample.target else 'missing'})")
-        ids = self.tokenizer(instruction(sample))["input_ids"]
-        truncated = len(ids) > self.max_text_len
-        if truncated:  # keep the closing special token the encoder was trained with
-            ids = ids[:self.max_text_len - 1] + ids[-1:]
-        pixels = [edit_transform(decode_image(sample.data[m.member], f"{where} member {m.member!r}"), self.image_size)
-                  for m in (images[0], sample.target)]
-        return {"id": sample.id, "input_ids": ids, "source_pixels": pixels[0], "target_pixels": pixels[1],
-                "modality": "edit", "truncated": truncated}
+        source, target = (decode_image(sample.data[m.member], f"{where} member {m.member!r}")
+                          for m in (images[0], sample.target))
+        return {"id": sample.id, **self.prompt(instruction(sample), source, where),
+                "source_pixels": edit_transform(source, self.image_size),
+                "target_pixels": edit_transform(target, self.image_size), "modality": "edit"}
 
     @property
     def collate_fn(self):
         return collate_edits
 
 
-def collate_edits(rows: list[list[dict]], pad_id: int) -> dict:
-    """One triplet per row: instruction ids padded (`seq_ids` -1 on padding, as token rows), both image stacks."""
-    samples = [row[0] for row in rows]
-    width = max(len(s["input_ids"]) for s in samples)
-    input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    seq_ids = torch.full((len(samples), width), -1, dtype=torch.long)
-    for i, s in enumerate(samples):
-        input_ids[i, :len(s["input_ids"])] = torch.tensor(s["input_ids"])
-        seq_ids[i, :len(s["input_ids"])] = i
-    return {"input_ids": input_ids, "attention_mask": (seq_ids >= 0).long(), "seq_ids": seq_ids,
-            "source_pixels": torch.as_tensor(np.stack([s["source_pixels"] for s in samples])),
-            "target_pixels": torch.as_tensor(np.stack([s["target_pixels"] for s in samples])),
-            "sample_ids": [s["id"] for s in samples], "packed": False}
+IDS = {"input_ids": "attention_mask", "text_ids": "text_mask"}
+"""Id fields an encoded edit may hold -> the mask collate gives each: the conditioner's ids, and the LLM's prompt
+without the image."""
+ARRAYS = ("source_pixels", "target_pixels", "cond_image")
+"""Array fields an encoded edit may hold: both images, and the input image as the LLM's image encoder reads it."""
 
+
+def collate_edits(rows: list[list[dict]], pad_id: int) -> dict:
+    """One triplet per row: id fields padded (`seq_ids` -1 on input_ids' padding, as token rows), arrays stacked."""
+    samples = [row[0] for row in rows]
+    batch = {"sample_ids": [s["id"] for s in samples], "packed": False}
+    for key, mask_key in IDS.items():
+        if key in samples[0]:
+            batch[key], batch[mask_key] = _pad([s[key] for s in samples], pad_id)
+    mask = batch["attention_mask"]
+    batch["seq_ids"] = torch.arange(len(samples))[:, None].expand_as(mask).masked_fill(mask == 0, -1)
+    batch.update({key: torch.as_tensor(np.stack([s[key] for s in samples])) for key in ARRAYS if key in samples[0]})
+    return batch
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their mask (1 on real tokens)."""
+    ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+    return ids, mask

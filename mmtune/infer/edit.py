@@ -1,5 +1,6 @@
-"""Edit an image with a trained image editor: DDIM sampling with InstructPix2Pix's classifier-free guidance.
-Heavy imports stay inside the functions, so `mmtune --help` does not load torch.
+"""Edit an image with a trained image editor: DDIM sampling with InstructPix2Pix's classifier-free guidance,
+step for step what diffusers' StableDiffusionInstructPix2PixPipeline does (so an exported editor gives the same
+image). Heavy imports stay inside the functions, so `mmtune --help` does not load torch.
 
 Three UNet passes per step: (instruction, image), (no instruction, image) and (neither); the guided noise is
 uncond + image_scale * (image - uncond) + text_scale * (full - image), so each scale weighs its own condition.
@@ -9,41 +10,48 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
 
 
 def edit(model, tokenizer, image: "Image.Image", prompt: str, *, steps: int = 20, text_scale: float = 7.5,
          image_scale: float = 1.5, seed: int = 0) -> "Image.Image":
     """The edited image (model.editor.image_size square); the same seed and settings give the same image."""
-    import torch
-
-    with torch.no_grad():
-        return _sample(model, tokenizer, image, prompt, steps, text_scale, image_scale, seed)
-
-
-def _sample(model, tokenizer, image, prompt, steps, text_scale, image_scale, seed):
     import numpy as np
-    import torch
-    from diffusers import DDIMScheduler
     from PIL import Image
 
-    from mmtune.data.edits import edit_transform
+    pixels = edit_pixels(model, tokenizer, image, prompt, steps=steps, text_scale=text_scale,
+                         image_scale=image_scale, seed=seed)
+    return Image.fromarray((pixels.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
+
+
+def edit_pixels(model, tokenizer, image: "Image.Image", prompt: str, *, steps: int, text_scale: float,
+                image_scale: float, seed: int) -> "torch.Tensor":
+    """The edited image as [3, size, size] floats in [0, 1], before rounding to 8 bits."""
+    import torch
+
+    from mmtune.data.edits import collate_edits, edit_transform
+    from mmtune.data.packing import to_device
+    from mmtune.models.editor import sampler
 
     device = next(model.unet.parameters()).device
-    pixels = torch.as_tensor(edit_transform(image, model.image_size))[None].to(device).expand(3, -1, -1, -1)
-    ids = torch.tensor(tokenizer(prompt)["input_ids"], device=device)[None].expand(3, -1)
-    text, mask = model.text_features(ids, torch.ones_like(ids), torch.tensor([False, True, True], device=device))
-    image_latents = model.image_latents(pixels, torch.tensor([False, False, True], device=device))
-    scheduler = DDIMScheduler.from_config(model.schedule.config)
+    encoded = {"id": "--image", **model.text_encoder.prompt(prompt, image, "--prompt"),
+               "source_pixels": edit_transform(image, model.image_size)}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = to_device(collate_edits([[encoded]] * 3, pad_id), device)
+    scheduler = sampler(model.schedule)
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(1, *model.latent_shape, generator=generator).to(device) * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
-        full, image_only, uncond = model.predict(latents.expand(3, -1, -1, -1), t, text, mask, image_latents).chunk(3)
-        guided = uncond + image_scale * (image_only - uncond) + text_scale * (full - image_only)
-        latents = scheduler.step(guided, t, latents).prev_sample
-    out = model.vae.decode(latents / model.vae.scaling_factor)[0]
-    return Image.fromarray((out.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
+    with torch.no_grad():
+        states, mask, image_latents = model.condition(batch, torch.tensor([False, True, True], device=device),
+                                                      torch.tensor([False, False, True], device=device))
+        for t in scheduler.timesteps:
+            noisy = scheduler.scale_model_input(latents.expand(3, -1, -1, -1), t)
+            full, image_only, uncond = model.predict(noisy, t, states, mask, image_latents).chunk(3)
+            guided = uncond + image_scale * (image_only - uncond) + text_scale * (full - image_only)
+            latents = scheduler.step(guided, t, latents).prev_sample
+        return model.vae.decode(latents / model.vae.scaling_factor)[0]
 
 
 def add_arguments(p) -> None:

@@ -1,5 +1,5 @@
-"""Export a trained checkpoint as Hugging Face directories: the plain LLM (`hf`), its LoRA adapter (`peft`) or a
-LLaVA model (`llava`).
+"""Export a trained checkpoint as Hugging Face directories: the plain LLM (`hf`), its LoRA adapter (`peft`), a
+LLaVA model (`llava`), or, for an image editor, a diffusers StableDiffusionInstructPix2PixPipeline (`diffusers`).
 
 For `hf` and `llava`, LoRA is merged into the base weights first, so neither peft nor mmtune is needed to load the
 result; `peft` keeps the adapter apart, for peft users who load it onto their copy of the base model. Generation
@@ -46,10 +46,8 @@ LLAVA_TEXT_MODELS = ("llama", "mistral", "qwen2")
 def export_hf(ckpt: str | Path, out_dir: str | Path) -> Path:
     """Write the checkpoint's LLM (LoRA merged) and tokenizer as a directory that AutoModelForCausalLM (or
     AutoModelForSeq2SeqLM) loads; for a multimodal checkpoint this is its language model alone."""
-    from mmtune.infer.generate import load_checkpoint
-
     out = _empty_dir(out_dir)
-    model, tokenizer, cfg = load_checkpoint(ckpt)
+    model, tokenizer, cfg = _load(ckpt, "hf")
     llm = _merged(model.llm)
     llm.generation_config = _generation_config(llm, tokenizer, cfg)
     tokenizer.chat_template = chat_template(cfg.data.template, tokenizer, cfg.data.system_prompt, image_token=None)
@@ -67,11 +65,10 @@ def export_peft(ckpt: str | Path, out_dir: str | Path) -> Path:
     not lora."""
     import peft
 
-    from mmtune.infer.generate import load_checkpoint
     from mmtune.models.tuning import save_adapter
 
     out = _empty_dir(out_dir)
-    model, tokenizer, cfg = load_checkpoint(ckpt)
+    model, tokenizer, cfg = _load(ckpt, "peft")
     if not isinstance(model.llm, peft.PeftModel):
         raise ConfigError(f"tuning.llm: the checkpoint's LLM is tuned with {cfg.tuning.llm!r}, not lora, so it has "
                           "no adapter; export it with --format hf")
@@ -89,10 +86,8 @@ def export_llava(ckpt: str | Path, out_dir: str | Path) -> Path:
     model.media.image.*) that LLaVA's architecture cannot hold."""
     from transformers import LlavaConfig, LlavaProcessor
 
-    from mmtune.infer.generate import load_checkpoint
-
     out = _empty_dir(out_dir)
-    model, tokenizer, cfg = load_checkpoint(ckpt)
+    model, tokenizer, cfg = _load(ckpt, "llava")
     _check_llava_parts(cfg, model.llm)
     image_tokens = model.media_tokens["image"]
     image = model.media["image"]
@@ -119,6 +114,56 @@ def export_llava(ckpt: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
+def export_diffusers(ckpt: str | Path, out_dir: str | Path) -> Path:
+    """Write an image editor as a StableDiffusionInstructPix2PixPipeline directory (no safety checker) whose
+    output, for the same seed, steps and guidance scales, is `mmtune edit`'s for an input of the editor's image
+    size (the pipeline resizes other sizes its own way). Raises ConfigError naming the part (model.editor.*) that
+    the pipeline cannot hold."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    from mmtune.models.conditioning import write_clip_vocab
+    from mmtune.models.editor import sampler
+
+    out = _empty_dir(out_dir)
+    model, tokenizer, cfg = _load(ckpt, "diffusers")
+    _check_diffusers_parts(cfg, model)
+    pipeline = StableDiffusionInstructPix2PixPipeline(
+        vae=model.vae.vae, text_encoder=model.text_encoder.model, tokenizer=tokenizer, unet=model.unet,
+        scheduler=sampler(model.schedule), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    with _staging(out) as tmp:
+        pipeline.save_pretrained(tmp, safe_serialization=True)
+        write_clip_vocab(tmp / "tokenizer")
+        _write_json_meta(tmp, "diffusers", ckpt, image_size=cfg.model.editor.image_size)
+    return out
+
+
+def _check_diffusers_parts(cfg: RunConfig, model: nn.Module) -> None:
+    """Stable Diffusion's parts: a CLIP text tower attended in full (the pipeline passes no attention mask) and an
+    AutoencoderKL."""
+    from mmtune.models.editor import KLVae
+
+    text = cfg.model.editor.text_encoder.name
+    if text != "clip":
+        raise ConfigError(f"model.editor.text_encoder: {text} has no place in a Stable Diffusion pipeline, whose "
+                          "text encoder is a CLIPTextModel; train with model.editor.text_encoder.name=clip")
+    if not isinstance(model.vae, KLVae):
+        raise ConfigError(f"model.editor.vae: {cfg.model.editor.vae} is a {type(model.vae).__name__}, not a "
+                          "diffusers AutoencoderKL, which the pipeline needs; train with an AutoencoderKL directory")
+
+
+def _load(ckpt: str | Path, fmt: str):
+    """(model, tokenizer, cfg) of a checkpoint whose model.kind the format exports."""
+    from mmtune.infer.generate import load_checkpoint
+
+    model, tokenizer, cfg = load_checkpoint(ckpt)
+    kind = FORMATS[fmt][1]
+    if cfg.model.kind != kind:
+        formats = [f for f, (_, k) in FORMATS.items() if k == cfg.model.kind]
+        raise ConfigError(f"--format {fmt} exports model.kind={kind} checkpoints; {ckpt} holds a "
+                          f"model.kind={cfg.model.kind} model (export it with --format {' or '.join(formats)})")
+    return model, tokenizer, cfg
+
+
 def _merged(module: nn.Module) -> nn.Module:
     """The module with LoRA (or another peft adapter) folded into its base weights; others as they are."""
     import peft
@@ -135,9 +180,13 @@ def _generation_config(llm: PreTrainedModel, tokenizer, cfg: RunConfig):
 
 
 def _write_meta(out: Path, fmt: str, ckpt: str | Path, cfg: RunConfig, tokenizer, **extra) -> None:
-    meta = {"format": fmt, "checkpoint": str(ckpt), "template": cfg.data.template,
-            "system_prompt": cfg.data.system_prompt,
-            "stop_token_ids": stop_token_ids(tokenizer, cfg.data.template), **extra}
+    """mmtune.json of a language model: the prompt format (template, system prompt, stop ids)."""
+    _write_json_meta(out, fmt, ckpt, template=cfg.data.template, system_prompt=cfg.data.system_prompt,
+                     stop_token_ids=stop_token_ids(tokenizer, cfg.data.template), **extra)
+
+
+def _write_json_meta(out: Path, fmt: str, ckpt: str | Path, **fields) -> None:
+    meta = {"format": fmt, "checkpoint": str(ckpt), **fields}
     (out / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
 
@@ -402,8 +451,10 @@ def _clip_image_processor(transform: T.Compose) -> CLIPImageProcessor:
 
 # ---- command line: `mmtune export` ----
 
-FORMATS: dict[str, Callable[[str | Path, str | Path], Path]] = {"hf": export_hf, "peft": export_peft,
-                                                                 "llava": export_llava}
+FORMATS: dict[str, tuple[Callable[[str | Path, str | Path], Path], str]] = {
+    "hf": (export_hf, "lm"), "peft": (export_peft, "lm"), "llava": (export_llava, "lm"),
+    "diffusers": (export_diffusers, "image_editor")}
+"""Format -> (its exporter, the model.kind it exports)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -412,10 +463,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=list(FORMATS), default="hf",
                         help="hf: the LLM alone, LoRA merged (AutoModelForCausalLM); peft: the LLM's LoRA adapter "
                              "(PeftModel.from_pretrained); llava: "
-                             "LlavaForConditionalGeneration + processor (CLIP tower, mlp2x_gelu, Llama-like LLM)")
+                             "LlavaForConditionalGeneration + processor (CLIP tower, mlp2x_gelu, Llama-like LLM); "
+                             "diffusers: an image editor as StableDiffusionInstructPix2PixPipeline (CLIP text "
+                             "encoder, AutoencoderKL)")
 
 
 def run(args: argparse.Namespace) -> int:
-    out = FORMATS[args.format](args.ckpt, args.out)
-    print(f"exported {args.format}: {out} (prompt format: {out / META_FILE})")
+    out = FORMATS[args.format][0](args.ckpt, args.out)
+    print(f"exported {args.format}: {out} (what it was exported from: {out / META_FILE})")
     return 0

@@ -1,10 +1,11 @@
 """InstructPix2Pix on diffusers: a UNet2DConditionModel denoises the edited image's latent, reading it
-concatenated with the input image's latent and cross-attending to the instruction's text features.
+concatenated with the input image's latent and cross-attending to the conditioner's states (models/conditioning.py:
+a frozen text encoder, or the multimodal LLM reading the input image and the instruction).
 
-The VAE and the text encoder are frozen (and kept in eval mode); only the UNet trains. The input channels added
-for the image latent start at zero, so a UNet taken from a text-to-image model predicts exactly what it did
-before at step 0. Conditioning is dropped per sample by swapping in the empty instruction's tokens (text) or a
-zero latent (image), the two "unconditional" inputs that classifier-free guidance needs at inference.
+The VAE is frozen (and kept in eval mode); the UNet trains whole. The input channels added for the image latent
+start at zero, so a UNet taken from a text-to-image model predicts exactly what it did before at step 0.
+Conditioning is dropped per sample by the conditioner (the empty instruction; no image for the LLM) and here (a
+zero image latent): the "unconditional" inputs that classifier-free guidance needs at inference.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ SMALL_UNET = {"block_out_channels": (64, 128), "layers_per_block": 1, "attention
               "norm_num_groups": 16, "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
               "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")}
 """The default UNet (model.editor.unet overrides it key by key): small enough to train on a CPU in minutes."""
+LATENT_DOWNSCALE = 8
+"""Image pixels per latent pixel along each side, for TAEF2 and Stable Diffusion's AutoencoderKL alike."""
 
 
 def expand_input_channels(unet, extra: int):
@@ -60,7 +63,11 @@ def load_vae(source: str) -> nn.Module:
     if (path / "config.json").is_file():
         from diffusers import AutoencoderKL
 
-        vae = KLVae(AutoencoderKL.from_pretrained(path))
+        kl = AutoencoderKL.from_pretrained(path)
+        if 2 ** (len(kl.config.block_out_channels) - 1) != LATENT_DOWNSCALE:
+            raise ConfigError(f"model.editor.vae: {source} downsamples by {2 ** (len(kl.config.block_out_channels) - 1)}"
+                              f", not {LATENT_DOWNSCALE} ({len(kl.config.block_out_channels)} blocks; 4 needed)")
+        vae = KLVae(kl)
     elif path.is_dir():
         vae = TAEF2.load(path)
         vae.scaling_factor = 1.0
@@ -70,33 +77,20 @@ def load_vae(source: str) -> nn.Module:
     return vae.requires_grad_(False).eval()
 
 
-def load_text_encoder(source: str):
-    """(frozen transformers encoder, its tokenizer) from a registered weight name or a local directory."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from mmtune.models.weights import WEIGHTS, resolve
-
-    path = resolve(source) if source in WEIGHTS else Path(source).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"model.editor.text_encoder: {source!r} is neither a registered weight "
-                          f"({sorted(WEIGHTS)}) nor a local directory")
-    return AutoModel.from_pretrained(path).requires_grad_(False).eval(), AutoTokenizer.from_pretrained(path)
-
-
 def build_unet(editor: EditorConfig, latent_channels: int, text_width: int):
-    """`init_unet` (a diffusers UNet directory) or the small default, widened to read the input image's latent."""
+    """`init_unet` (a diffusers UNet directory) or the small default (cross-attending to `text_width` unless
+    model.editor.unet says otherwise), widened to read the input image's latent."""
     from diffusers import UNet2DConditionModel
 
     if editor.init_unet:
         unet = UNet2DConditionModel.from_pretrained(Path(editor.init_unet).expanduser())
     else:
-        unet = UNet2DConditionModel(**{**SMALL_UNET, "sample_size": editor.image_size // 8,
+        unet = UNet2DConditionModel(**{**SMALL_UNET, "sample_size": editor.image_size // LATENT_DOWNSCALE,
                                        "in_channels": latent_channels, "out_channels": latent_channels,
                                        "cross_attention_dim": text_width, **editor.unet})
-    if unet.config.in_channels != latent_channels or unet.config.cross_attention_dim != text_width:
-        raise ConfigError(f"model.editor: the UNet reads {unet.config.in_channels} latent channels and "
-                          f"{unet.config.cross_attention_dim}-wide text; the VAE gives {latent_channels} and the "
-                          f"text encoder {text_width}")
+    if unet.config.in_channels != latent_channels:
+        raise ConfigError(f"model.editor: the UNet reads {unet.config.in_channels} latent channels; the VAE gives "
+                          f"{latent_channels}")
     return expand_input_channels(unet, latent_channels)
 
 
@@ -108,70 +102,68 @@ def noise_schedule(editor: EditorConfig):
                          beta_start=0.00085, beta_end=0.012, prediction_type=editor.prediction)
 
 
+def sampler(schedule):
+    """DDIM over the training schedule, without clipping predicted latents to [-1, 1] (they are not pixels; Stable
+    Diffusion's setting). `mmtune edit` samples with it and the diffusers export writes it."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(schedule.config, clip_sample=False)
+
+
 class ImageEditor(nn.Module):
-    def __init__(self, unet, vae, text_encoder, tokenizer, editor: EditorConfig):
+    def __init__(self, unet, vae, text_encoder, editor: EditorConfig):
         super().__init__()
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.schedule = noise_schedule(editor)
         self.image_size = editor.image_size
-        self.latent_shape = (vae.latent_channels, editor.image_size // 8, editor.image_size // 8)
-        empty = tokenizer("", return_tensors="pt")["input_ids"][0]
-        self.register_buffer("empty_ids", empty, persistent=False)
-        self.pad_id = tokenizer.pad_token_id
+        self.latent_shape = (vae.latent_channels, editor.image_size // LATENT_DOWNSCALE,
+                             editor.image_size // LATENT_DOWNSCALE)
 
     def train(self, mode: bool = True):
-        """Frozen parts stay in eval mode (the text encoder's dropout would otherwise change its features)."""
+        """The frozen VAE stays in eval mode."""
         super().train(mode)
         self.vae.eval()
-        self.text_encoder.eval()
         return self
-
-    @torch.no_grad()
-    def text_features(self, ids: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        """[B, T] instruction tokens -> [B, T', H]; rows where `drop` is set read the empty instruction."""
-        if bool(drop.any()):
-            width = max(ids.shape[1], len(self.empty_ids))
-            ids = nn.functional.pad(ids, (0, width - ids.shape[1]), value=self.pad_id)
-            mask = nn.functional.pad(mask, (0, width - mask.shape[1]))
-            empty_ids = torch.full_like(ids[0], self.pad_id)
-            empty_ids[:len(self.empty_ids)] = self.empty_ids
-            ids = torch.where(drop[:, None], empty_ids, ids)
-            mask = torch.where(drop[:, None], (torch.arange(width, device=ids.device) < len(self.empty_ids)).long(),
-                               mask)
-        return self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask
 
     @torch.no_grad()
     def image_latents(self, pixels: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         """The input image's latent (unscaled, as diffusers' InstructPix2Pix); zero where `drop` is set."""
         return self.vae.encode(pixels) * (~drop)[:, None, None, None]
 
-    def predict(self, noisy, timesteps, text, text_mask, image_latents) -> torch.Tensor:
-        return self.unet(torch.cat([noisy, image_latents], dim=1), timesteps, encoder_hidden_states=text,
-                         encoder_attention_mask=text_mask).sample
+    def condition(self, batch: dict, drop_text: torch.Tensor, drop_image: torch.Tensor):
+        """(cross-attention states, their mask or None, input-image latents) with the dropped conditions removed."""
+        states, mask = self.text_encoder(batch, drop_text, drop_image)
+        return states, mask, self.image_latents(batch["source_pixels"], drop_image)
+
+    def predict(self, noisy, timesteps, states, mask, image_latents) -> torch.Tensor:
+        return self.unet(torch.cat([noisy, image_latents], dim=1), timesteps, encoder_hidden_states=states,
+                         encoder_attention_mask=mask).sample
 
     def forward(self, batch: dict, noise, timesteps, drop_text, drop_image) -> tuple[torch.Tensor, torch.Tensor]:
         """(prediction, target) for the edited images noised to `timesteps`: the noise, or v."""
         with torch.no_grad():
             latents = self.vae.encode(batch["target_pixels"]) * self.vae.scaling_factor
-        text, mask = self.text_features(batch["input_ids"], batch["attention_mask"], drop_text)
         noisy = self.schedule.add_noise(latents, noise, timesteps)
-        pred = self.predict(noisy, timesteps, text, mask, self.image_latents(batch["source_pixels"], drop_image))
+        pred = self.predict(noisy, timesteps, *self.condition(batch, drop_text, drop_image))
         target = noise if self.schedule.config.prediction_type == "epsilon" else \
             self.schedule.get_velocity(latents, noise, timesteps)
         return pred, target
 
 
 def build_editor(cfg: RunConfig):
-    """(ImageEditor, the text encoder's tokenizer). The UNet trains whole; it is saved whole when built here."""
+    """(ImageEditor, the conditioner's tokenizer). The UNet trains whole; parts built here are saved whole."""
+    from mmtune.models.conditioning import build_text_encoder
+
     editor = cfg.model.editor
     torch.manual_seed(cfg.train.seed)
-    text_encoder, tokenizer = load_text_encoder(editor.text_encoder)
+    text_encoder, from_scratch = build_text_encoder(cfg)
     vae = load_vae(editor.vae)
-    unet = build_unet(editor, vae.latent_channels, text_encoder.config.hidden_size)
-    model = ImageEditor(unet, vae, text_encoder, tokenizer, editor)
-    model.from_scratch = set() if editor.init_unet else {"unet"}
+    unet = build_unet(editor, vae.latent_channels, text_encoder.width)
+    text_encoder.fit(unet.config.cross_attention_dim)
+    model = ImageEditor(unet, vae, text_encoder, editor)
+    model.from_scratch = from_scratch | (set() if editor.init_unet else {"unet"})
     if cfg.model.init_from:
         from mmtune.models.build import load_weights
 
         load_weights(model, Path(cfg.model.init_from), field="model.init_from")
-    return model, tokenizer
+    return model, text_encoder.prompt.tokenizer

@@ -40,11 +40,12 @@ class ImageEditorKind:
     def sample_encoder(self, cfg: RunConfig, model, tokenizer):
         from mmtune.data.edits import EditEncoder
 
-        return EditEncoder(tokenizer, cfg.model.editor.image_size, cfg.model.editor.max_text_len)
+        return EditEncoder(model.text_encoder.prompt, cfg.model.editor.image_size)
 
     def describe(self, cfg: RunConfig) -> str:
         e = cfg.model.editor
-        return f"image editor (UNet {e.init_unet or 'from scratch'}, VAE {e.vae}, text {e.text_encoder})"
+        text = f"LLM {cfg.model.llm}" if e.text_encoder.name == "llm" else f"text {e.text_encoder.name}"
+        return f"image editor (UNet {e.init_unet or 'from scratch'}, VAE {e.vae}, {text})"
 
 
 KINDS = {"lm": LanguageModel(), "image_editor": ImageEditorKind()}

@@ -110,8 +110,10 @@ class MultimodalLM(nn.Module):
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]))
         return embeds
 
-    def hidden_states(self, batch: dict) -> torch.Tensor:
-        """Last hidden states [B, T, H]. Packed rows get a block-diagonal causal mask (no attention across samples)."""
+    def hidden_states(self, batch: dict, embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Last hidden states [B, T, H] of the batch's ids with media spliced in, or of `embeds` ([B, T, H], for
+        callers that write more than media over the embeddings). Packed rows get a block-diagonal causal mask (no
+        attention across samples)."""
         seq = batch["seq_ids"]
         if batch.get("packed"):
             t = torch.arange(seq.shape[1], device=seq.device)
@@ -122,7 +124,8 @@ class MultimodalLM(nn.Module):
             mask = (seq >= 0).long()
         kwargs = {"position_ids": batch["position_ids"]} if self._takes_positions else {}
         backbone = self._parts[0]
-        embeds = self.embed(batch["input_ids"], batch.get("media"), batch.get("media_context"))
+        if embeds is None:
+            embeds = self.embed(batch["input_ids"], batch.get("media"), batch.get("media_context"))
         return backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs, **self._no_cache).last_hidden_state
 
     def forward(self, batch: dict, sparse: bool = True) -> Scored:

@@ -18,7 +18,6 @@ from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoProcesso
                           SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel)
 
 from mmtune.cli import main
-from mmtune.config import RunConfig, load_config
 from mmtune.data.sample import Message
 from mmtune.data.templates import MEDIA_TOKEN_IDS, render_prompt
 from mmtune.encoders.clip import MODEL_CONFIGS
@@ -26,43 +25,11 @@ from mmtune.errors import ConfigError
 from mmtune.infer.export import (META_FILE, add_arguments, export_hf, export_llava, export_peft,
                                  open_clip_to_hf_clip, run)
 from mmtune.infer.generate import generate
-from mmtune.models.build import build_model, weights_to_save
-from mmtune.models.multimodal_lm import MultimodalLM
-from mmtune.train import checkpoint
-from mmtune.train.engine import Engine
-from tests.helpers import EXAMPLE_IMAGE
+from tests.helpers import EXAMPLE_IMAGE, Saved, save_checkpoint
 
 QUESTION = "What is in the image?"
 ENCODER = "model.encoder={name: clip, args: {arch: mmtune-vit-tiny}}"
 MLP = "model.bridge={name: mlp2x_gelu}"
-
-
-@dataclass
-class Saved:
-    """A checkpoint and the mmtune model it holds, still in memory (LoRA unmerged): the reference outputs."""
-    ckpt: Path
-    model: MultimodalLM
-    tokenizer: object
-    cfg: RunConfig
-
-
-def save_checkpoint(run_dir: Path, *overrides: str) -> Saved:
-    """A checkpoint of a tiny model whose saved weights (LoRA's B included, which starts at zero) are perturbed, so
-    each part, and the LoRA merge, changes the outputs. Frozen pretrained parts are not saved, so not perturbed."""
-    cfg = load_config(None, ["model.llm=tiny:llama", f"train.out_dir={run_dir}", *overrides])
-    model, tokenizer = build_model(cfg)
-    gen = torch.Generator().manual_seed(0)
-    saved = weights_to_save(model)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in saved:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    engine = Engine({}, cfg.train)
-    engine.wrap(model, lambda params: torch.optim.SGD(params, lr=0.1))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(engine.optimizer, lambda _: 1.0)
-    ckpt = checkpoint.save(run_dir, 1, engine, model, scheduler, {"step": 1, "data": {}, "counts": {}}, cfg,
-                           keep_last=1)
-    return Saved(ckpt, model.eval(), tokenizer, cfg)
 
 
 @pytest.fixture(scope="module")

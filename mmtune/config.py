@@ -112,6 +112,11 @@ class ModelConfig:
     """Shorthand for model.media.image.encoder (moved there when the config loads)."""
     bridge: ComponentConfig | None = None
     """Shorthand for model.media.image.bridge (moved there when the config loads)."""
+    fusion: ComponentConfig = field(default_factory=lambda: ComponentConfig("splice"))
+    """How media features reach the LLM (key in models.fusion.FUSIONS): `splice` writes each item's bridge tokens
+    into the row where its placeholder stood (LLaVA); `cross_attention` gives each item one marker position and
+    makes its bridge tokens the keys and values of gated cross-attention blocks inserted before decoder layers
+    (Flamingo, Otter), e.g. {name: cross_attention, args: {every: 2}}."""
     editor: EditorConfig = field(default_factory=EditorConfig)
     """The image editor's parts (model.kind=image_editor only)."""
     init_from: str = ""

@@ -12,6 +12,7 @@ from mmtune.errors import ConfigError
 def build_model(cfg: RunConfig):
     """Returns (MultimodalLM, tokenizer). Parts built from scratch are listed in `model.from_scratch` (state-dict
     prefixes), so checkpoints save them whole (they cannot be re-read from a source later)."""
+    from mmtune.models.fusion import build_fusion
     from mmtune.models.llm import load_llm
     from mmtune.models.multimodal_lm import MultimodalLM
     from mmtune.models.tuning import apply_tuning
@@ -20,7 +21,8 @@ def build_model(cfg: RunConfig):
     llm, tokenizer = load_llm(cfg.model.llm, tokenizer=cfg.model.tokenizer)
     from_scratch = {"llm"} if cfg.model.llm.startswith("tiny:") else set()
     media = build_media(cfg, llm.get_input_embeddings().embedding_dim, from_scratch)
-    model = MultimodalLM(apply_tuning(llm, cfg.tuning.llm, cfg.tuning.lora, "tuning.llm"), media)
+    llm = apply_tuning(llm, cfg.tuning.llm, cfg.tuning.lora, "tuning.llm")
+    model = MultimodalLM(llm, media, build_fusion(cfg.model.fusion, llm, tuple(media)))
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model.llm, [part.encoder for part in media.values()])
     model.from_scratch = from_scratch

@@ -137,7 +137,7 @@ class ModelConfig:
                                   "(e.g. {name: mlp2x_gelu})")
 
 
-TuningMode = Literal["frozen", "full", "lora", "bitfit"]
+TuningMode = Literal["frozen", "full", "lora", "bitfit", "embeddings"]
 TUNING_MODES = typing.get_args(TuningMode)
 
 
@@ -163,7 +163,8 @@ class MediaTuning:
 
 @dataclass
 class TuningConfig:
-    """Which parameters of each part train: frozen, full, lora (peft adapters) or bitfit (biases only)."""
+    """Which parameters of each part train: frozen, full, lora (peft adapters), bitfit (biases only) or, for the
+    LLM, embeddings (its input embeddings and LM head only: Otter's choice)."""
     llm: TuningMode = "full"
     """The language model."""
     encoder: TuningMode = "frozen"
@@ -173,6 +174,8 @@ class TuningConfig:
     """Every media kind's bridge from encoder features to LLM embeddings."""
     media: MediaTuning = field(default_factory=MediaTuning)
     """Per-kind modes that override encoder/bridge above."""
+    fusion: TuningMode = "full"
+    """The fusion's own parameters (cross_attention: the gated blocks and marker embeddings; splice has none)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """Settings for every part tuned with lora."""
 

@@ -22,7 +22,10 @@ def build_model(cfg: RunConfig):
     from_scratch = {"llm"} if cfg.model.llm.startswith("tiny:") else set()
     media = build_media(cfg, llm.get_input_embeddings().embedding_dim, from_scratch)
     llm = apply_tuning(llm, cfg.tuning.llm, cfg.tuning.lora, "tuning.llm")
-    model = MultimodalLM(llm, media, build_fusion(cfg.model.fusion, llm, tuple(media)))
+    fusion = apply_tuning(build_fusion(cfg.model.fusion, llm, tuple(media)), cfg.tuning.fusion, cfg.tuning.lora,
+                          "tuning.fusion")
+    from_scratch.add("fusion")
+    model = MultimodalLM(llm, media, fusion)
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model.llm, [part.encoder for part in media.values()])
     model.from_scratch = from_scratch
@@ -57,7 +60,8 @@ def build_media(cfg: RunConfig, hidden: int, from_scratch: set[str]) -> dict:
     for kind, part in cfg.model.media.parts().items():
         image = media["image"].encoder if "image" in media else None
         encoder = build_encoder(part.encoder, kind, image_encoder=image)
-        bridge = build_bridge(part.bridge, encoder.out_dim, hidden, key=f"model.media.{kind}.bridge")
+        bridge = build_bridge(part.bridge, encoder.out_dim, hidden, key=f"model.media.{kind}.bridge",
+                              frames=getattr(encoder, "time_steps", 1))
         from_scratch.add(f"media.{kind}.bridge")
         if encoder.from_scratch:
             from_scratch.add(f"media.{kind}.encoder")

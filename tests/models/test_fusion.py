@@ -15,10 +15,8 @@ from mmtune.infer.generate import generate
 from mmtune.models.build import build_model
 from mmtune.models.llm import load_llm
 from mmtune.recipe import load_recipe
-from tests.helpers import VLM
+from tests.helpers import VLM, XATTN
 
-XATTN = ["model.fusion={name: cross_attention, args: {heads: 2, dim_head: 16}}",
-         "model.bridge={name: resampler, args: {latents: 4, depth: 1, heads: 2, dim_head: 16}}"]
 IMAGE = MEDIA_TOKEN_IDS["image"]
 CONVERSATIONS = [  # 0, 1 and 2 images; text before the first image in the last one
     [Message("user", "no image here"), Message("assistant", "fine")],

@@ -116,6 +116,11 @@ class ModelConfig:
     """Shorthand for model.media.image.encoder (moved there when the config loads)."""
     bridge: ComponentConfig | None = None
     """Shorthand for model.media.image.bridge (moved there when the config loads)."""
+    fusion: ComponentConfig = field(default_factory=lambda: ComponentConfig("splice"))
+    """How media features reach the LLM (key in models.fusion.FUSIONS): `splice` writes each item's bridge tokens
+    into the row where its placeholder stood (LLaVA); `cross_attention` gives each item one marker position and
+    makes its bridge tokens the keys and values of gated cross-attention blocks inserted before decoder layers
+    (Flamingo, Otter), e.g. {name: cross_attention, args: {every: 2}}."""
     editor: EditorConfig = field(default_factory=EditorConfig)
     """The image editor's parts (model.kind=image_editor only)."""
     init_from: str = ""
@@ -136,7 +141,7 @@ class ModelConfig:
                                   "(e.g. {name: mlp2x_gelu})")
 
 
-TuningMode = Literal["frozen", "full", "lora", "bitfit"]
+TuningMode = Literal["frozen", "full", "lora", "bitfit", "embeddings"]
 TUNING_MODES = typing.get_args(TuningMode)
 
 
@@ -162,7 +167,8 @@ class MediaTuning:
 
 @dataclass
 class TuningConfig:
-    """Which parameters of each part train: frozen, full, lora (peft adapters) or bitfit (biases only)."""
+    """Which parameters of each part train: frozen, full, lora (peft adapters), bitfit (biases only) or, for the
+    LLM, embeddings (its input embeddings and LM head only: Otter's choice)."""
     llm: TuningMode = "full"
     """The language model."""
     encoder: TuningMode = "frozen"
@@ -172,6 +178,8 @@ class TuningConfig:
     """Every media kind's bridge from encoder features to LLM embeddings."""
     media: MediaTuning = field(default_factory=MediaTuning)
     """Per-kind modes that override encoder/bridge above."""
+    fusion: TuningMode = "full"
+    """The fusion's own parameters (cross_attention: the gated blocks and marker embeddings; splice has none)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """Settings for every part tuned with lora."""
 

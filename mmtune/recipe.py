@@ -3,7 +3,7 @@
 Names are checked when the recipe is loaded, before a model is built or a DataLoader worker starts, so a typo in
 `data.template` ends the run with one line and a suggestion instead of a worker's traceback at the first sample.
 This module sits above config.py and every registry (model kinds, objectives and their args, templates,
-encoders, bridges, LLM sources, the image editor's conditioners).
+encoders, bridges, the fusion, LLM sources, the image editor's conditioners).
 """
 from __future__ import annotations
 
@@ -78,13 +78,15 @@ def _check_lm_names(cfg: RunConfig, where: str) -> None:
 
 
 def _check_media(cfg: RunConfig) -> None:
-    """Each kind's encoder name is one that serves the kind, its bridge name is known."""
+    """Each kind's encoder name is one that serves the kind, its bridge name is known; the fusion and its args."""
     from mmtune.bridges import check_bridge
     from mmtune.encoders import encoder_class
+    from mmtune.models.fusion import fusion_args
 
     for kind, part in cfg.model.media.parts().items():
         encoder_class(part.encoder, kind)
         check_bridge(part.bridge, f"model.media.{kind}.bridge")
+    fusion_args(cfg.model.fusion)
 
 
 def _check_llm(source: str) -> None:

@@ -64,6 +64,9 @@ def write_image_shards(out: Path, n: int, seed: int = 0, prefix: str = "train") 
 
 VLM = ["model.encoder={name: clip, args: {arch: mmtune-vit-tiny}}", "model.bridge={name: mlp2x_gelu}",
        "tuning.encoder=full"]
+XATTN = ["model.fusion={name: cross_attention, args: {heads: 2, dim_head: 16}}",
+         "model.bridge={name: resampler, args: {latents: 4, depth: 1, heads: 2, dim_head: 16}}"]
+"""With VLM: a small resampler whose tokens gated cross-attention blocks attend to (Flamingo's path)."""
 
 
 def tiny_config(out_dir: Path, shards: list[str], *overrides: str):

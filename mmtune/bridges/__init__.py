@@ -9,6 +9,9 @@ A bridge may read a per-item context besides the features: `context = "instructi
 turn the item's placeholder sits in (InstructBLIP's Q-Former reads it with its queries). The bridge's
 `context_encoder()` turns that text into fixed-length arrays in the DataLoader workers; batches carry them as
 `media_context[kind]`, and the model passes them as `bridge(features, context)`.
+
+`resampler` (a perceiver resampler, Flamingo's) maps any number of encoder tokens to a fixed number of latents, with
+a time embedding per frame for videos.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from mmtune.bridges.projector import LinearProjector, MLPProjector
+from mmtune.bridges.resampler import PerceiverResampler
 from mmtune.config import ComponentConfig, check_choice, from_dict
 from mmtune.errors import ConfigError
 
@@ -31,6 +35,8 @@ class Bridge(Protocol):
     """Typed arguments (a dataclass) read from model.media.<kind>.bridge.args."""
     context: str | None
     """None, or "instruction": the bridge also reads the instruction its item comes with."""
+    uses_frames: bool
+    """Optional: built with `frames=`, the encoder's time steps (the resampler's time embeddings)."""
 
     def num_tokens(self, n_in: int) -> int:
         """M, the LLM tokens per media item for N encoder tokens (the row layout is planned before the forward)."""
@@ -45,6 +51,7 @@ class Bridge(Protocol):
 BRIDGES: dict[str, type] = {
     "linear": LinearProjector,
     "mlp2x_gelu": MLPProjector,
+    "resampler": PerceiverResampler,
 }
 MLP_NAME = re.compile(r"mlp([1-9][0-9]*)x_gelu")
 
@@ -70,9 +77,15 @@ def check_bridge(cfg: ComponentConfig, key: str = "model.media.image.bridge") ->
     bridge_args(cfg, key)
 
 
-def build_bridge(cfg: ComponentConfig, in_dim: int, out_dim: int, key: str = "model.media.image.bridge") -> Bridge:
-    """The bridge `cfg.name` from encoder width `in_dim` to LLM width `out_dim`; ConfigError names the bad key."""
+def build_bridge(cfg: ComponentConfig, in_dim: int, out_dim: int, key: str = "model.media.image.bridge",
+                 frames: int = 1) -> Bridge:
+    """The bridge `cfg.name` from encoder width `in_dim` to LLM width `out_dim`; ConfigError names the bad key.
+    A bridge class with `uses_frames` also gets the encoder's time steps (`frames`: its tokens are that many
+    frames' tokens, one after the other; 1 for images)."""
     args = bridge_args(cfg, key)
     if mlp := MLP_NAME.fullmatch(cfg.name):
         return MLPProjector(in_dim, out_dim, args, depth=int(mlp[1]))
-    return BRIDGES[cfg.name](in_dim, out_dim, args)
+    cls = BRIDGES[cfg.name]
+    if getattr(cls, "uses_frames", False):
+        return cls(in_dim, out_dim, args, frames=frames)
+    return cls(in_dim, out_dim, args)

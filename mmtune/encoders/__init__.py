@@ -30,6 +30,8 @@ class Encoder(Protocol):
     preprocess: Callable[[bytes, str], np.ndarray]
     """Bytes of one shard member (and where they come from, for errors) -> float32 array of `item_shape`;
     picklable, as it runs in DataLoader workers."""
+    time_steps: int
+    """Optional (1 when absent): the N tokens are this many frames' tokens, one frame after the other."""
     from_scratch: bool
     """Built with random weights: checkpoints save it whole, as it cannot be re-read from a source."""
 

@@ -69,7 +69,9 @@ class FramesEncoder(nn.Module):
                               "(use tokens: patch, or pool: 1)")
         per_frame = math.ceil(self.grid / args.pool) ** 2 if args.pool > 1 else self.tower.num_tokens
         self.frames = _frames_within_budget(args, per_frame)
-        self.num_tokens = per_frame * (self.frames if self.time == "frames" else 1)
+        self.time_steps = self.frames if self.time == "frames" else 1
+        """Frames whose tokens follow one another in the output (bridges with time embeddings read it)."""
+        self.num_tokens = per_frame * self.time_steps
         self.out_dim = self.tower.out_dim
         size = self.tower.image_size
         self.item_shape = (self.frames, 3, size, size)

@@ -223,6 +223,10 @@ def _check_llava_parts(cfg: RunConfig, llm: nn.Module) -> None:
         raise ConfigError("model.media.image: the checkpoint has no image encoder; export it with --format hf")
     if others:
         raise ConfigError(f"model.media.{others[0]}: LLaVA holds images only; export the LLM with --format hf")
+    if cfg.model.fusion.name != "splice":
+        raise ConfigError(f"model.fusion.name: LLaVA splices image tokens into the prompt and has no place for "
+                          f"{cfg.model.fusion.name} blocks; export the LLM with --format hf (text-only inputs: "
+                          "the blocks add nothing there)")
     if image.encoder.name not in TOWERS:
         raise ConfigError(f"model.media.image.encoder.name: {image.encoder.name} has no LLaVA vision tower; "
                           f"exportable encoders: {', '.join(TOWERS)}")

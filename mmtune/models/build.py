@@ -12,6 +12,7 @@ from mmtune.errors import ConfigError
 def build_model(cfg: RunConfig):
     """Returns (MultimodalLM, tokenizer). Parts built from scratch are listed in `model.from_scratch` (state-dict
     prefixes), so checkpoints save them whole (they cannot be re-read from a source later)."""
+    from mmtune.models.fusion import build_fusion
     from mmtune.models.llm import load_llm
     from mmtune.models.multimodal_lm import MultimodalLM
     from mmtune.models.tuning import apply_tuning
@@ -20,7 +21,11 @@ def build_model(cfg: RunConfig):
     llm, tokenizer = load_llm(cfg.model.llm, tokenizer=cfg.model.tokenizer)
     from_scratch = {"llm"} if cfg.model.llm.startswith("tiny:") else set()
     media = build_media(cfg, llm.get_input_embeddings().embedding_dim, from_scratch)
-    model = MultimodalLM(apply_tuning(llm, cfg.tuning.llm, cfg.tuning.lora, "tuning.llm"), media)
+    llm = apply_tuning(llm, cfg.tuning.llm, cfg.tuning.lora, "tuning.llm")
+    fusion = apply_tuning(build_fusion(cfg.model.fusion, llm, tuple(media)), cfg.tuning.fusion, cfg.tuning.lora,
+                          "tuning.fusion")
+    from_scratch.add("fusion")
+    model = MultimodalLM(llm, media, fusion)
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model.llm, [part.encoder for part in media.values()])
     model.from_scratch = from_scratch
@@ -55,7 +60,8 @@ def build_media(cfg: RunConfig, hidden: int, from_scratch: set[str]) -> dict:
     for kind, part in cfg.model.media.parts().items():
         image = media["image"].encoder if "image" in media else None
         encoder = build_encoder(part.encoder, kind, image_encoder=image)
-        bridge = build_bridge(part.bridge, encoder.out_dim, hidden, key=f"model.media.{kind}.bridge")
+        bridge = build_bridge(part.bridge, encoder.out_dim, hidden, key=f"model.media.{kind}.bridge",
+                              frames=getattr(encoder, "time_steps", 1))
         from_scratch.add(f"media.{kind}.bridge")
         if encoder.from_scratch:
             from_scratch.add(f"media.{kind}.encoder")

@@ -1,9 +1,10 @@
-"""Splice bridge outputs into any Hugging Face LLM at media placeholders, and score supervised positions.
+"""Bring bridge outputs into any Hugging Face LLM at media placeholders, and score supervised positions.
 
-Token ids carry negative sentinels (templates.MEDIA_TOKEN_IDS: one per media kind) where media features go; `embed`
-replaces each kind's, in order, with bridge(encoder(items)) rows of that kind's part, so any number of images,
-videos and point clouds can sit anywhere in any turn and the LLM's vocabulary never changes. Labels at those
-positions are already -100 (templates). The forward pass returns logits only where a label is supervised
+Token ids carry negative sentinels (templates.MEDIA_TOKEN_IDS: one per media kind) where media items sit; `embed`
+runs each kind's part (bridge(encoder(items))) and hands the features to the model's fusion (models/fusion.py),
+which writes them over the sentinels (splice) or makes them what cross-attention blocks attend to, so any number
+of images, videos and point clouds can sit anywhere in any turn and the LLM's vocabulary never changes. Labels at
+those positions are already -100 (templates). The forward pass returns logits only where a label is supervised
 (sparse LM head): the same loss, without paying the vocabulary-sized projection and a float32 [B, T, V] tensor for
 prompt, media and padding positions.
 """
@@ -19,6 +20,7 @@ from torch import nn
 from mmtune.data.packing import next_token_targets
 from mmtune.data.templates import IGNORE, MEDIA_TOKEN_IDS
 from mmtune.errors import DataError
+from mmtune.models.fusion import Fusion, Splice
 from mmtune.models.llm import is_seq2seq, llm_parts
 
 
@@ -59,11 +61,13 @@ class MediaPart(nn.Module):
 
 
 class MultimodalLM(nn.Module):
-    def __init__(self, llm: nn.Module, media: dict[str, MediaPart] | None = None):
+    def __init__(self, llm: nn.Module, media: dict[str, MediaPart] | None = None, fusion: Fusion | None = None):
         super().__init__()
         self.llm = llm
         self.media = nn.ModuleDict(media or {})
         """Media kind (image, video, points) -> its encoder and bridge."""
+        self.fusion = fusion if fusion is not None else Splice()
+        """How the media features reach the LLM (model.fusion)."""
         self.seq2seq = is_seq2seq(llm)
         self.media_pass_always = False
         """Run every kind's encoder and bridge on a blank item when a batch has none of that kind (set by
@@ -81,34 +85,32 @@ class MultimodalLM(nn.Module):
     @property
     def media_tokens(self) -> dict[str, int]:
         """LLM positions one media item occupies, per kind (counts toward max_len)."""
-        return {kind: part.num_tokens for kind, part in self.media.items()}
+        return {kind: self.fusion.item_tokens(part.num_tokens) for kind, part in self.media.items()}
 
     def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor] | None = None,
-              context: dict[str, dict[str, torch.Tensor]] | None = None) -> torch.Tensor:
-        """Token embeddings with each kind's features written over its sentinel positions, in order.
-        [B, T] and {kind: [n, *item_shape]} (and {kind: {name: [n, ...]}} for context bridges) -> [B, T, H]."""
+              context: dict[str, dict[str, torch.Tensor]] | None = None,
+              seq_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The LLM's input for these rows: token embeddings with each kind's features brought in by the fusion
+        (written over its sentinel positions, or, for cross-attention, held for the blocks of the next LLM calls).
+        [B, T] and {kind: [n, *item_shape]} (and {kind: {name: [n, ...]}} for context bridges, [B, T] sample ids
+        of packed rows; None: one sample per row) -> [B, T, H]."""
         media, context = media or {}, context or {}
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(input_ids < 0, 0))
         unknown = sorted(set(media) - set(self.media))
         if unknown:
             raise DataError(f"batch has {', '.join(unknown)} media but the model has no encoder for them "
                             f"(set model.media.{unknown[0]})")
+        features = {}
         for kind, sentinel in MEDIA_TOKEN_IDS.items():
-            slots = input_ids == sentinel
-            if kind not in media:
-                if bool(slots.any()):
-                    raise DataError(f"batch has <{kind}> positions but no {kind} media (or the model has no "
-                                    f"{kind} encoder)")
-                if kind in self.media and self.media_pass_always:
-                    embeds = embeds + self.media[kind].zero_pass(embeds)
+            if kind in media:
+                features[kind] = self.media[kind](media[kind], context.get(kind)).to(embeds.dtype)  # [n, M, H]
                 continue
-            feats = self.media[kind](media[kind], context.get(kind)).to(embeds.dtype)  # [n, M, H]
-            n_slots = int(slots.sum())
-            if n_slots != feats.shape[0] * feats.shape[1]:
-                raise DataError(f"batch has {n_slots} {kind} positions but {feats.shape[0]} {kind} items x "
-                                f"{feats.shape[1]} tokens = {feats.shape[0] * feats.shape[1]}")
-            embeds = embeds.masked_scatter(slots.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]))
-        return embeds
+            if bool((input_ids == sentinel).any()):
+                raise DataError(f"batch has <{kind}> positions but no {kind} media (or the model has no "
+                                f"{kind} encoder)")
+            if kind in self.media and self.media_pass_always:
+                embeds = embeds + self.media[kind].zero_pass(embeds)
+        return self.fusion(embeds, input_ids, seq_ids, features)
 
     def hidden_states(self, batch: dict, embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Last hidden states [B, T, H] of the batch's ids with media spliced in, or of `embeds` ([B, T, H], for
@@ -125,7 +127,7 @@ class MultimodalLM(nn.Module):
         kwargs = {"position_ids": batch["position_ids"]} if self._takes_positions else {}
         backbone = self._parts[0]
         if embeds is None:
-            embeds = self.embed(batch["input_ids"], batch.get("media"), batch.get("media_context"))
+            embeds = self.embed(batch["input_ids"], batch.get("media"), batch.get("media_context"), seq)
         return backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs, **self._no_cache).last_hidden_state
 
     def forward(self, batch: dict, sparse: bool = True) -> Scored:

@@ -1,4 +1,5 @@
-"""Which parameters of a module train: frozen, full, LoRA (through peft) or BitFit (biases only).
+"""Which parameters of a module train: frozen, full, LoRA (through peft), BitFit (biases only) or, for an LLM, its
+embeddings (input embeddings and LM head).
 
 `apply_tuning` is the one place requires_grad is set; checkpoints hold `trainable_state_dict`, whose names are
 `named_parameters` names, the same in every process that builds the model with the same tuning.
@@ -37,6 +38,19 @@ def _bitfit(module: nn.Module, lora: LoraConfig, field: str) -> nn.Module:
     return module
 
 
+def _embeddings(module: nn.Module, lora: LoraConfig, field: str) -> nn.Module:
+    """Otter's LLM tuning: the input embeddings and the LM head train (so new inputs such as media markers can be
+    read and written), every other LLM weight stays frozen."""
+    if not isinstance(module, PreTrainedModel):
+        raise ConfigError(f"{field}=embeddings: only the LLM has input embeddings and an LM head (use it for "
+                          "tuning.llm)")
+    module.requires_grad_(False)
+    for part in (module.get_input_embeddings(), module.get_output_embeddings()):
+        if part is not None:
+            part.requires_grad_(True)
+    return module
+
+
 def _lora(module: nn.Module, lora: LoraConfig, field: str) -> nn.Module:
     """Wrap in a peft model whose LoRA matrices alone train; 'all-linear' leaves an LM's output head alone."""
     if isinstance(module, PreTrainedModel) and is_seq2seq(module):
@@ -56,7 +70,8 @@ def _lora(module: nn.Module, lora: LoraConfig, field: str) -> nn.Module:
 
 
 TuningFn = Callable[[nn.Module, LoraConfig, str], nn.Module]
-TUNING: dict[str, TuningFn] = {"frozen": _frozen, "full": _full, "lora": _lora, "bitfit": _bitfit}
+TUNING: dict[str, TuningFn] = {"frozen": _frozen, "full": _full, "lora": _lora, "bitfit": _bitfit,
+                               "embeddings": _embeddings}
 
 
 def apply_tuning(module: nn.Module, mode: str, lora: LoraConfig, field: str) -> nn.Module:

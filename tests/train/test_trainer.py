@@ -16,7 +16,7 @@ from mmtune.infer.generate import generate, load_checkpoint
 from mmtune.models.llm import TINY
 from mmtune.models import objectives
 from mmtune.train.trainer import make_batches, sample_encoder
-from tests.helpers import VLM, image_sample, text_sample, tiny_config, write_image_shards, write_text_shards
+from tests.helpers import VLM, XATTN, image_sample, text_sample, tiny_config, write_image_shards, write_text_shards
 
 
 def _metrics(run_dir):
@@ -171,9 +171,10 @@ def test_epochs_instead_of_steps(tmp_path, packing):
     assert "train.epochs=2" in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_multimodal_packed_run_and_checkpoint_reload(tmp_path):
+@pytest.mark.parametrize("fusion", [[], XATTN], ids=["splice", "cross_attention"])
+def test_multimodal_packed_run_and_checkpoint_reload(tmp_path, fusion):
     shards = write_image_shards(tmp_path / "d", 24)
-    cfg = tiny_config(tmp_path / "run", shards, *VLM, "data.packing=true", "train.steps=3")
+    cfg = tiny_config(tmp_path / "run", shards, *VLM, *fusion, "data.packing=true", "train.steps=3")
     trained = {}
 
     def keep_model(event, model, **_):
@@ -186,7 +187,7 @@ def test_multimodal_packed_run_and_checkpoint_reload(tmp_path):
                               DataState(), train=False)
     batch, _ = next(batches)
     assert "image" in batch["media"]  # the batch goes through the encoder and the bridge
-    with torch.no_grad():  # every trained part (LLM, encoder, bridge) came back: same logits as in memory
+    with torch.no_grad():  # every trained part (LLM, encoder, bridge, fusion) came back: same logits as in memory
         torch.testing.assert_close(model(batch).logits, trained["end"].eval()(batch).logits)
     out = generate(model, tok, loaded_cfg, [[Message("user", "<image>\nwhat is it?")]],
                    [[Image.new("RGB", (40, 30), "red")]], max_new_tokens=4)

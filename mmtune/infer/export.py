@@ -400,10 +400,17 @@ def _clip_image_processor(transform: T.Compose) -> CLIPImageProcessor:
     return CLIPImageProcessor(**kwargs)
 
 
-# ---- command line: `mmtune export` ----
+# ---- `mmtune export` and `mmtune.export` ----
 
 FORMATS: dict[str, Callable[[str | Path, str | Path], Path]] = {"hf": export_hf, "peft": export_peft,
                                                                  "llava": export_llava}
+
+
+def export(ckpt: str | Path, out_dir: str | Path, format: str = "hf") -> Path:
+    """Export in one of FORMATS (`mmtune export` and `mmtune.export`); returns the directory written."""
+    if format not in FORMATS:
+        raise ConfigError(f"--format: unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    return FORMATS[format](ckpt, out_dir)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -416,6 +423,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = FORMATS[args.format](args.ckpt, args.out)
+    out = export(args.ckpt, args.out, args.format)
     print(f"exported {args.format}: {out} (prompt format: {out / META_FILE})")
     return 0

@@ -37,8 +37,7 @@ def _spawn(args) -> int:
 
 
 def _chat(args) -> int:
-    from mmtune.infer.chat import Chat, answer_file, interactive
-    from mmtune.infer.generate import load_checkpoint
+    from mmtune.infer.chat import answer_file, interactive, open_chat, say
 
     if args.input and (args.prompt is not None or any(getattr(args, kind) for kind in MEDIA_KINDS)):
         raise UserError("--input: give prompts and images in the file, not with --prompt/--image/--video/--points")
@@ -46,18 +45,16 @@ def _chat(args) -> int:
         raise UserError("--input and --output go together (a JSONL file of prompts in, one of answers out)")
     if args.batch_size < 1:
         raise UserError(f"--batch-size: must be at least 1, got {args.batch_size}")
-    model, tokenizer, cfg = load_checkpoint(args.ckpt)
+    chat = open_chat(args.ckpt, args.max_new_tokens)
     if args.input:
-        n = answer_file(model, tokenizer, cfg, Path(args.input), Path(args.output), args.max_new_tokens,
-                        args.batch_size)
+        n = answer_file(chat, Path(args.input), Path(args.output), args.batch_size)
         print(f"{n} answers: {args.output}")
         return 0
-    chat = Chat(model, tokenizer, cfg, args.max_new_tokens)
     for kind in MEDIA_KINDS:
         for path in getattr(args, kind) or []:
             chat.attach(kind, path, f"--{kind}")
     if args.prompt is not None:
-        print(chat.ask(args.prompt))
+        say(chat, args.prompt)
     else:
         interactive(chat)
     return 0

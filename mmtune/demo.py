@@ -86,7 +86,7 @@ def main(args) -> int:
     cfg = load_recipe(args.config, [f"train.out_dir={out / 'run'}", *args.overrides])
     data_dir = out / "data"
     shutil.rmtree(data_dir, ignore_errors=True)
-    image_size = _encoder_image_size(cfg)
+    image_size = encoder_image_size(cfg)
     print(f"writing {args.train_samples} training and {args.eval_samples} held-out samples to {data_dir} ...")
     written = write_demo_shards(data_dir, args.train_samples, args.eval_samples, seed=args.seed,
                                 image_size=image_size, multi_turn=not args.single_turn)
@@ -119,8 +119,10 @@ def mmtune_command() -> str:
     return f"{sys.executable} -m mmtune.cli"
 
 
-def _encoder_image_size(cfg) -> int:
+def encoder_image_size(cfg) -> int:
+    """The side of the images the recipe's image encoder reads: the size the shapes are drawn at."""
     from mmtune.encoders import build_encoder
+    from mmtune.errors import UserError
 
     if cfg.model.media.image is None:
         raise UserError("the shapes demo needs an image encoder: set model.media.image in the recipe")

@@ -1,18 +1,19 @@
 """`mmtune chat`: a conversation with a trained checkpoint (one-shot, or interactive with `/image PATH` and
-`/reset`), and batch answers from a JSONL file of prompts. Every answer is `generate`'s, so the model sees the
-prompt the way it was trained."""
+`/reset`, answers printed as they are generated), and batch answers from a JSONL file of prompts. Every answer is
+`generate`'s, so the model sees the prompt the way it was trained."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
-from mmtune.config import MEDIA_KINDS
+from mmtune.config import MEDIA_KINDS, RunConfig
 from mmtune.data.media import decode_image
 from mmtune.data.jsonl import json_object, numbered_lines
 from mmtune.data.sample import Message
 from mmtune.errors import UserError
-from mmtune.infer.generate import generate
+from mmtune.infer.generate import generate, load_model
 
 COMMANDS = "/image PATH (or /video, /points) attaches a file to the next turn, /reset starts a new conversation"
 
@@ -41,11 +42,12 @@ def place_media(text: str, counts: dict[str, int]) -> str:
     return text
 
 
-def _generate(model, tokenizer, cfg, conversations: list[list[Message]], media: list[dict], max_new_tokens: int):
+def _generate(model, tokenizer, cfg, conversations: list[list[Message]], media: list[dict], max_new_tokens: int,
+              on_text: Callable[[str], None] | None = None):
     """Answers to conversations whose media are {kind: items} (decoded images, file bytes for the other kinds)."""
     images = [m["image"] for m in media]
     return generate(model, tokenizer, cfg, conversations, images if any(images) else None,
-                    max_new_tokens=max_new_tokens, media=media)
+                    max_new_tokens=max_new_tokens, media=media, on_text=on_text)
 
 
 class Chat:
@@ -60,17 +62,41 @@ class Chat:
         self.media = {kind: [] for kind in MEDIA_KINDS}
         self.pending = {kind: [] for kind in MEDIA_KINDS}
 
-    def attach(self, kind: str, path: str, where: str) -> None:
-        self.pending[kind].append(read_media(self.model, kind, path, where))
+    def attach(self, kind: str, path: str | Path, where: str | None = None) -> None:
+        """Attach a file to the next turn; `where` names the flag or command in errors (default: the kind)."""
+        self.pending[kind].append(read_media(self.model, kind, path, where or kind))
 
-    def ask(self, text: str) -> str:
-        """The answer to one user turn; a turn that fails leaves the conversation (and what is attached) as it was."""
+    def ask(self, text: str, on_text: Callable[[str], None] | None = None) -> str:
+        """The answer to one user turn, also handed piece by piece to `on_text` as it is generated (see
+        `generate`); a turn that fails leaves the conversation (and what is attached) as it was."""
         turn = self.history + [Message("user", place_media(text, {k: len(v) for k, v in self.pending.items()}))]
         media = {kind: self.media[kind] + self.pending[kind] for kind in MEDIA_KINDS}
-        answer = _generate(self.model, self.tokenizer, self.cfg, [turn], [media], self.max_new_tokens)[0]
+        answer = _generate(self.model, self.tokenizer, self.cfg, [turn], [media], self.max_new_tokens, on_text)[0]
         self.history, self.media = turn + [Message("assistant", answer)], media
         self.pending = {kind: [] for kind in MEDIA_KINDS}
         return answer
+
+
+def open_chat(source: str | Path | RunConfig, max_new_tokens: int = 128) -> Chat:
+    """A conversation with a checkpoint (or a run directory's newest), or, given a RunConfig, with the model its
+    recipe builds before training (`mmtune chat` and `mmtune.load`)."""
+    return Chat(*load_model(source), max_new_tokens)
+
+
+def say(chat: Chat, text: str, prefix: str = "") -> None:
+    """Print the answer to `text` as it is generated, after `prefix`; nothing is printed for a turn that fails
+    before generation starts."""
+    started = False
+
+    def show(piece: str) -> None:
+        nonlocal started
+        if not started:
+            print(prefix, end="")
+            started = True
+        print(piece, end="", flush=True)
+
+    chat.ask(text, on_text=show)
+    print()
 
 
 def interactive(chat: Chat) -> None:
@@ -87,7 +113,7 @@ def interactive(chat: Chat) -> None:
             if text.startswith("/"):
                 command(chat, text)
             else:
-                print("model>", chat.ask(text))
+                say(chat, text, "model> ")
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
 
@@ -129,14 +155,15 @@ def read_prompts(path: Path, model) -> list[tuple[dict, str, dict]]:
     return prompts
 
 
-def answer_file(model, tokenizer, cfg, source: Path, target: Path, max_new_tokens: int, batch_size: int) -> int:
-    """Each input record with its "answer" added, in input order, generated `batch_size` prompts at a time."""
-    prompts = read_prompts(source, model)
+def answer_file(chat: Chat, source: Path, target: Path, batch_size: int) -> int:
+    """Each input record with its "answer" added, in input order, generated `batch_size` prompts at a time (each
+    prompt alone, outside the chat's conversation)."""
+    prompts = read_prompts(source, chat.model)
     with open(target, "w") as out:
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            answers = _generate(model, tokenizer, cfg, [[Message("user", text)] for _, text, _ in batch],
-                                [media for _, _, media in batch], max_new_tokens)
+            answers = _generate(chat.model, chat.tokenizer, chat.cfg, [[Message("user", text)] for _, text, _ in batch],
+                                [media for _, _, media in batch], chat.max_new_tokens)
             for (record, _, _), answer in zip(batch, answers):
                 out.write(json.dumps({**record, "answer": answer}) + "\n")
     return len(prompts)

@@ -7,6 +7,7 @@ uncond + image_scale * (image - uncond) + text_scale * (full - image), so each s
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -65,20 +66,45 @@ def add_arguments(p) -> None:
     p.add_argument("--image-scale", type=float, default=1.5, help="guidance towards the input image")
 
 
-def run(args) -> int:
-    from mmtune.data.media import decode_image
+def load_editor(ckpt: str | Path) -> Editor:
+    """The image editor of a checkpoint (or of a run directory's newest one); ConfigError for another model kind."""
     from mmtune.errors import ConfigError
     from mmtune.infer.generate import load_checkpoint
 
-    model, tokenizer, cfg = load_checkpoint(args.ckpt)
+    model, tokenizer, cfg = load_checkpoint(ckpt)
     if cfg.model.kind != "image_editor":
-        raise ConfigError(f"--ckpt: {args.ckpt} holds a model.kind={cfg.model.kind} model, not an image editor")
+        raise ConfigError(f"--ckpt: {ckpt} holds a model.kind={cfg.model.kind} model, not an image editor")
+    return Editor(model, tokenizer)
+
+
+class Editor:
+    """A trained image editor (`mmtune edit` and `mmtune.load_editor`): `editor.edit(image or path, prompt)`."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def edit(self, image: "Image.Image | str | Path", prompt: str, **settings) -> "Image.Image":
+        """The edited image; `settings` as `edit` (steps, text_scale, image_scale, seed)."""
+        if isinstance(image, (str, Path)):
+            image = read_image(image)
+        return edit(self.model, self.tokenizer, image, prompt, **settings)
+
+
+def read_image(path: str | Path) -> "Image.Image":
+    """An image file, decoded; an unreadable or corrupt one is a UserError naming it."""
+    from mmtune.data.media import decode_image
+    from mmtune.errors import ConfigError
+
     try:
-        data = open(args.image, "rb").read()
+        data = Path(path).read_bytes()
     except OSError as e:
-        raise ConfigError(f"--image: cannot read {args.image} ({e.strerror})") from None
-    edited = edit(model, tokenizer, decode_image(data, args.image), args.prompt, steps=args.steps,
-                  text_scale=args.text_scale, image_scale=args.image_scale, seed=args.seed)
+        raise ConfigError(f"--image: cannot read {path} ({e.strerror})") from None
+    return decode_image(data, str(path))
+
+
+def run(args) -> int:
+    edited = load_editor(args.ckpt).edit(args.image, args.prompt, steps=args.steps, text_scale=args.text_scale,
+                                         image_scale=args.image_scale, seed=args.seed)
     edited.save(args.out, format="PNG")
     print(f"mmtune edit: wrote {args.out}")
     return 0

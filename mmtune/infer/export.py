@@ -453,12 +453,19 @@ def _clip_image_processor(transform: T.Compose) -> CLIPImageProcessor:
     return CLIPImageProcessor(**kwargs)
 
 
-# ---- command line: `mmtune export` ----
+# ---- `mmtune export` and `mmtune.export` ----
 
 FORMATS: dict[str, tuple[Callable[[str | Path, str | Path], Path], str]] = {
     "hf": (export_hf, "lm"), "peft": (export_peft, "lm"), "llava": (export_llava, "lm"),
     "diffusers": (export_diffusers, "image_editor")}
 """Format -> (its exporter, the model.kind it exports)."""
+
+
+def export(ckpt: str | Path, out_dir: str | Path, format: str = "hf") -> Path:
+    """Export in one of FORMATS (`mmtune export` and `mmtune.export`); returns the directory written."""
+    if format not in FORMATS:
+        raise ConfigError(f"--format: unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    return FORMATS[format][0](ckpt, out_dir)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -473,6 +480,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = FORMATS[args.format][0](args.ckpt, args.out)
+    out = export(args.ckpt, args.out, args.format)
     print(f"exported {args.format}: {out} (what it was exported from: {out / META_FILE})")
     return 0

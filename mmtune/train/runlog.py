@@ -70,15 +70,13 @@ class RunLog:
         out = self.run_dir / "loss_curve.png"
         if not self.active:
             return out
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: a notebook's inline backend stays as it is
 
         records = [json.loads(l) for l in self.metrics.read_text().splitlines()]
         train = [(r["step"], r["loss"]) for r in records if "loss" in r]
         evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         if train:
             ax.plot(*zip(*train), label="train loss")
         if evals:
@@ -89,7 +87,6 @@ class RunLog:
         ax.legend()
         ax.grid(alpha=0.3)
         fig.savefig(out, dpi=100, bbox_inches="tight")
-        plt.close(fig)
         return out
 
 

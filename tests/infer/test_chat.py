@@ -1,6 +1,6 @@
 """`mmtune chat`: one-shot, interactive and batch (--input/--output) answers are the greedy answers of `generate` on
-the trained checkpoint, images go with the turn they are attached to (--image: the first; /image PATH: the next),
-/reset starts over, and bad images, placeholder counts, commands or input lines are named, not tracebacks."""
+the trained checkpoint, printed as they are generated, images go with the turn they are attached to (--image: the
+first; /image PATH: the next), /reset starts over, and bad images, placeholder counts, commands or input lines are named, not tracebacks."""
 import io
 import json
 import shutil
@@ -12,6 +12,7 @@ from PIL import Image
 from mmtune import finetune
 from mmtune.cli import main
 from mmtune.data.sample import Message
+from mmtune.infer.chat import Chat, interactive
 from mmtune.infer.generate import generate, load_checkpoint
 from tests.helpers import EXAMPLE_IMAGE, VLM, tiny_config, write_image_shards, write_text_shards
 
@@ -60,6 +61,29 @@ def test_interactive_session_keeps_the_history_and_the_first_images(capsys, monk
     second = first + [Message("assistant", answer1), Message("user", "And again?")]
     answer2 = generate(model, tokenizer, cfg, [second], [[image]], max_new_tokens=6)[0]
     assert out == f"{BANNER}you> model> {answer1}\nyou> model> {answer2}\nyou> "
+
+
+class _Writes(io.StringIO):
+    """stdout that records each write, to see an answer arrive in pieces."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        if text:
+            self.writes.append(text)
+        return super().write(text)
+
+
+def test_interactive_answers_are_printed_as_they_are_generated(monkeypatch, vlm):
+    monkeypatch.setattr("sys.stdin", io.StringIO("Describe it.\n"))
+    monkeypatch.setattr("sys.stdout", stdout := _Writes())
+    interactive(Chat(*vlm, max_new_tokens=12))
+    answer = generate(*vlm, [[Message("user", "Describe it.")]], max_new_tokens=12)[0]
+    start = stdout.writes.index("model> ") + 1
+    pieces = stdout.writes[start:stdout.writes.index("\n", start)]
+    assert "".join(pieces) == answer and len(pieces) > 1, pieces
 
 
 def test_a_bad_turn_in_a_session_is_reported_and_the_session_goes_on(capsys, monkeypatch, vlm_run):

@@ -1,31 +1,16 @@
 """generate: the KV cache and batching change no greedy token (text and images), sampling is reproducible with a
-seed and leaves the global RNG alone, stop strings and repetition penalty act."""
+seed and leaves the global RNG alone, stop strings and repetition penalty act, and a streamed answer's pieces join
+to exactly the answer (no half character, no half stop string shown)."""
 import random
 
 import pytest
 import torch
 from PIL import Image
 
-from mmtune.config import load_config
 from mmtune.data.sample import Message
-from mmtune.infer.generate import generate
-from mmtune.models.build import build_model
-from tests.helpers import VLM
+from mmtune.infer.generate import AnswerStream, answer_text, generate
 
 PROMPTS = ["alpha beta", "gamma delta epsilon zeta eta theta iota", "<image>\nkappa", "<image>\nlambda mu nu xi"]
-
-
-@pytest.fixture(scope="module")
-def vlm():
-    """A tiny VLM whose weights are spread out (randn * 0.1) so its greedy answers are varied words, not one
-    special token."""
-    cfg = load_config(None, ["model.llm=tiny:llama", *VLM])
-    model, tokenizer = build_model(cfg)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.eval(), tokenizer, cfg
 
 
 def _inputs():
@@ -68,3 +53,47 @@ def test_stop_strings_cut_the_answer_and_repetition_penalty_changes_it(vlm):
         penalised = generate(model, tokenizer, cfg, conversations, images, max_new_tokens=12,
                              repetition_penalty=5.0)
     assert penalised != generate(model, tokenizer, cfg, conversations, images, max_new_tokens=12)
+
+
+def _streamed(model, tokenizer, cfg, conversation, images, **settings) -> tuple[list[str], str]:
+    pieces = []
+    answer = generate(model, tokenizer, cfg, [conversation], [images], on_text=pieces.append, **settings)[0]
+    return pieces, answer
+
+
+@pytest.mark.parametrize("index", range(len(PROMPTS)), ids=lambda i: PROMPTS[i].replace("\n", " "))
+def test_streamed_pieces_join_to_the_greedy_answer(vlm, index):
+    model, tokenizer, cfg = vlm
+    conversations, images = _inputs()
+    expected = generate(model, tokenizer, cfg, conversations, images, max_new_tokens=12)[index]
+    pieces, answer = _streamed(model, tokenizer, cfg, conversations[index], images[index], max_new_tokens=12)
+    assert answer == expected and "".join(pieces) == expected
+    assert len([p for p in pieces if p]) > 1  # printed as generated, not all at the end
+    stop = expected.split()[-1]
+    pieces, answer = _streamed(model, tokenizer, cfg, conversations[index], images[index], max_new_tokens=12,
+                               stop=(stop,))
+    assert "".join(pieces) == answer == expected[:expected.find(stop)].strip()
+
+
+def test_streaming_wants_one_conversation(vlm):
+    model, tokenizer, cfg = vlm
+    conversations, images = _inputs()
+    with pytest.raises(ValueError, match="one answer, but 4 conversations"):
+        generate(model, tokenizer, cfg, conversations, images, on_text=print)
+
+
+def test_stream_never_shows_half_a_character_or_half_a_stop_string(smol_tokenizer):
+    """Token by token through byte-level BPE: an emoji or CJK character spans several tokens, and the stop string
+    several more; every piece is final text, and the pieces join to the answer."""
+    text = " Café 🎉 naïve — 日本語 ok<<STOP>> never shown"
+    ids = smol_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert any("\ufffd" in smol_tokenizer.decode(ids[:n]) for n in range(len(ids)))  # the case is exercised
+    shown = []
+    stream = AnswerStream(smol_tokenizer, ("<<STOP>>",), shown.append)
+    stream.put(torch.zeros(1, 0, dtype=torch.long))  # the prompt: no ids when the model is fed embeddings
+    for i in ids:
+        stream.put(torch.tensor([i]))
+        assert "\ufffd" not in "".join(shown) and "<" not in "".join(shown)
+    stream.end()
+    assert "".join(shown) == answer_text(smol_tokenizer, ids, ("<<STOP>>",)) == "Café 🎉 naïve — 日本語 ok"
+    assert shown[-1] == "" and len(shown) > 5

@@ -75,3 +75,10 @@ def collate_edits(rows: list[list[dict]], pad_id: int) -> dict:
             "target_pixels": torch.as_tensor(np.stack([s["target_pixels"] for s in samples])),
             "sample_ids": [s["id"] for s in samples], "packed": False}
 
+
+
+MASK_MEMBER = "mask.png"
+"""Optional member of an edit triplet: where the edit should change the input (white) and where not (black)."""
+CAPTIONS_MEMBER = "captions.json"
+"""Optional member: `{"input": caption of the input image, "edited": caption of the edited image}`, which CLIP
+directional similarity compares the edit with."""

@@ -2,8 +2,9 @@
 
 Every triplet's input is edited with `mmtune edit`'s sampler and compared with the target, in the model's pixels
 (the training transform, values in [0, 1]):
-- `psnr`: PSNR of the edit against the target, next to `psnr_identity`, the same for the input returned unchanged
-  (the baseline an editor has to beat: most pixels of an edit stay as they are);
+- `psnr`: PSNR of the edits against the targets, next to `psnr_identity`, the same for the inputs returned
+  unchanged (the baseline an editor has to beat: most pixels of an edit stay as they are); pooled, i.e. from the
+  mean squared error over all images, so that perfect edits (an emptied image) do not rule a mean of PSNRs;
 - where the sample carries the changed region (`mask.png`, see mmtune/data/edits.py): `psnr_region` (and its
   identity baseline) inside it, `region_improved` (the share of edits that are closer to the target than the input
   is, inside the region), and the mean absolute change from the input inside and outside the region
@@ -111,35 +112,50 @@ def run_edits(model, tokenizer, items: list[EditItem], sampling: Sampling) -> li
                                 seed=sampling.seed), model.image_size) for item in items]
 
 
-def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
-    """PSNR in dB of images in [0, 1] ([3, S, S]), over the pixels `where` ([S, S] bool) is set, or all."""
+def mse(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
+    """Mean squared error of images in [0, 1] ([3, S, S]) over the pixels `where` ([S, S] bool) is set, or all."""
     err = (a.astype(np.float64) - b) ** 2
-    mse = err.mean() if where is None else err[:, where].mean()
-    return 10 * math.log10(1 / max(mse, 10 ** (-MAX_PSNR / 10)))
+    return float(err.mean() if where is None else err[:, where].mean())
+
+
+def psnr_of(mean_squared_error: float) -> float:
+    return 10 * math.log10(1 / max(mean_squared_error, 10 ** (-MAX_PSNR / 10)))
+
+
+def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
+    """PSNR in dB of images in [0, 1], over the pixels `where` is set, or all."""
+    return psnr_of(mse(a, b, where))
 
 
 def item_scores(item: EditItem, edited: np.ndarray) -> dict:
-    """The per-image numbers that `summarise` averages (region ones only for a mask with both sides)."""
-    out = {"psnr": psnr(edited, item.target), "psnr_identity": psnr(item.source, item.target)}
+    """The per-image numbers that `summarise` pools (region ones only for a mask with both sides)."""
+    out = {"mse": mse(edited, item.target), "mse_identity": mse(item.source, item.target)}
     if item.mask is not None and 0 < item.mask.sum() < item.mask.size:
         inside, outside = item.mask, ~item.mask
         change = np.abs(edited.astype(np.float64) - item.source).mean(axis=0)
-        out.update(psnr_region=psnr(edited, item.target, inside), psnr_region_identity=psnr(item.source, item.target,
-                                                                                             inside),
+        out.update(mse_region=mse(edited, item.target, inside), mse_region_identity=mse(item.source, item.target,
+                                                                                         inside),
                    inside_change=float(change[inside].mean()), outside_change=float(change[outside].mean()))
-        out["region_improved"] = float(((edited - item.target) ** 2)[:, inside].mean()
-                                       < ((item.source - item.target) ** 2)[:, inside].mean())
+        out["region_improved"] = float(out["mse_region"] < out["mse_region_identity"])
     return out
 
 
 def summarise(items: list[EditItem], scores: list[dict]) -> dict:
-    """Means over the images that have each number, and PSNR per edit kind (`task`)."""
+    """Means over the images that have each number, with every mean squared error as the PSNR of the mean (pooled
+    over pixels: a mean of per-image PSNRs would be ruled by the edits that are perfect, such as an emptied image),
+    overall and per edit kind (`task`)."""
     def mean(key: str, task: str | None = None) -> float:
         return float(np.mean([s[key] for it, s in zip(items, scores) if key in s and task in (None, it.task)]))
 
-    per_task = {t: {"psnr": mean("psnr", t), "psnr_identity": mean("psnr_identity", t),
+    def named(key: str) -> str:
+        return key.replace("mse", "psnr", 1)
+
+    def value(key: str, task: str | None = None) -> float:
+        return psnr_of(mean(key, task)) if key.startswith("mse") else mean(key, task)
+
+    per_task = {t: {"psnr": value("mse", t), "psnr_identity": value("mse_identity", t),
                     "count": sum(it.task == t for it in items)} for t in sorted({it.task for it in items if it.task})}
-    return {"count": len(items), **{k: mean(k) for k in dict.fromkeys(k for s in scores for k in s)},
+    return {"count": len(items), **{named(k): value(k) for k in dict.fromkeys(k for s in scores for k in s)},
             "per_task": per_task}
 
 
@@ -190,7 +206,7 @@ def evaluate_edits(model, tokenizer, items: list[EditItem], sampling: Sampling,
                           [items[k].captions for k in with_captions])
         for k, value in zip(with_captions, similarity.tolist()):
             scores[k]["clip_directional"] = value
-    counts = {"no_region": sum("psnr_region" not in s for s in scores)}
+    counts = {"no_region": sum("mse_region" not in s for s in scores)}
     if clip is not None:
         counts["no_captions"] = len(items) - len(with_captions)
     return {**summarise(items, scores), "sampling": vars(sampling), "counts": counts}, edits, scores
@@ -216,6 +232,6 @@ def edit_task(model, tokenizer, cfg, data, out: Path | None, *, limit: int | Non
         with open(out / "predictions.jsonl", "w") as f:
             for it, edited, s in zip(items, edits, scores):
                 to_image(edited).save(out / "edits" / f"{it.id}.png")
-                f.write(json.dumps({"id": it.id, "task": it.task, "prompt": it.prompt, **s,
+                f.write(json.dumps({"id": it.id, "task": it.task, "prompt": it.prompt, "psnr": psnr_of(s["mse"]), **s,
                                     "image": f"edits/{it.id}.png"}) + "\n")
     return {**result, "counts": {**loaded.counts, **result["counts"]}}

@@ -41,9 +41,9 @@ def test_region_scores_of_the_unchanged_input_and_of_the_target(edit_shards):
     assert len(items) == 24 and all(it.mask is not None and it.captions for it in items)
     for it in items:
         unchanged, perfect = item_scores(it, it.source), item_scores(it, it.target)
-        assert unchanged["psnr"] == unchanged["psnr_identity"] < 30
+        assert unchanged["mse"] == unchanged["mse_identity"] > 1e-3
         assert unchanged["region_improved"] == 0 and unchanged["inside_change"] == unchanged["outside_change"] == 0
-        assert perfect["psnr"] == perfect["psnr_region"] == MAX_PSNR and perfect["region_improved"] == 1
+        assert perfect["mse"] == perfect["mse_region"] == 0 and perfect["region_improved"] == 1
         assert perfect["outside_change"] == 0 < perfect["inside_change"], it.id  # the mask holds every change
 
 
@@ -76,13 +76,14 @@ def test_eval_command_scores_an_editor(tmp_path, edit_shards, capsys):
     result = json.loads((tmp_path / "eval" / "results.json").read_text())
     pairs = [(np.asarray(Image.open(io.BytesIO(s.data["0.png"])), np.float64) / 255,
               np.asarray(Image.open(io.BytesIO(s.data["1.png"])), np.float64) / 255) for s in _samples(edit_shards)[:8]]
-    identity = np.mean([10 * np.log10(1 / ((a - b) ** 2).mean()) for a, b in pairs])
+    identity = 10 * np.log10(1 / np.mean([((a - b) ** 2).mean() for a, b in pairs]))  # pooled over the images
     assert result["count"] == 8 and result["psnr_identity"] == pytest.approx(identity)
     assert result["sampling"]["steps"] == 2 and result["counts"] == {"no_region": 0, "no_captions": 0}
     assert -1 <= result["clip_directional"] <= 1 and 0 <= result["region_improved"] <= 1
     predictions = [json.loads(l) for l in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 8 and all((tmp_path / "eval" / p["image"]).is_file() for p in predictions)
-    assert result["psnr"] == pytest.approx(np.mean([p["psnr"] for p in predictions]))
+    assert result["psnr"] == pytest.approx(10 * np.log10(1 / np.mean([p["mse"] for p in predictions])))
+    assert predictions[0]["psnr"] == pytest.approx(10 * np.log10(1 / predictions[0]["mse"]))
     out = capsys.readouterr().out
     assert f"| psnr_identity | {identity:.4f} |" in out and f"| psnr/{predictions[0]['task']} |" in out
 

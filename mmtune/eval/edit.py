@@ -25,7 +25,7 @@ import numpy as np
 from mmtune.errors import ConfigError, DataError
 
 MAX_PSNR = 100.0
-"""PSNR of identical images (an MSE floor of 1e-10), so a mean over images stays finite."""
+"""PSNR of identical images (an MSE floor of 1e-10), so a perfect edit scores a finite number."""
 
 
 @dataclass
@@ -230,8 +230,9 @@ def edit_task(model, tokenizer, cfg, data, out: Path | None, *, limit: int | Non
     if out is not None:
         (out / "edits").mkdir(parents=True, exist_ok=True)
         with open(out / "predictions.jsonl", "w") as f:
-            for it, edited, s in zip(items, edits, scores):
-                to_image(edited).save(out / "edits" / f"{it.id}.png")
+            for k, (it, edited, s) in enumerate(zip(items, edits, scores)):
+                image = f"edits/{k:06d}.png"  # numbered: a sample id may hold any character
+                to_image(edited).save(out / image)
                 f.write(json.dumps({"id": it.id, "task": it.task, "prompt": it.prompt, "psnr": psnr_of(s["mse"]), **s,
-                                    "image": f"edits/{it.id}.png"}) + "\n")
+                                    "image": image}) + "\n")
     return {**result, "counts": {**loaded.counts, **result["counts"]}}

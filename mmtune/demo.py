@@ -15,14 +15,19 @@ from pathlib import Path
 
 DEFAULT_CONFIG = "demo/vlm_tiny.yaml"
 """A recipe shipped inside the package (mmtune/configs/), found wherever mmtune is installed."""
+DEFAULTS = {"config": DEFAULT_CONFIG, "out": "runs/demo", "eval_samples": 200}
+"""This demo's values of the arguments left unset (`--task edit` has its own: mmtune/edit_demo.py)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=DEFAULT_CONFIG,
-                   help="demo recipe: a YAML file, or one shipped with mmtune (default: %(default)s)")
-    p.add_argument("--out", default="runs/demo", help="where data and the run go (replaced)")
+    p.add_argument("--task", choices=("image", "edit"), default="image",
+                   help="image: answer questions about shapes; edit: InstructPix2Pix edits of shapes")
+    p.add_argument("--config", help="demo recipe: a YAML file, or one shipped with mmtune (default: "
+                                    f"{DEFAULT_CONFIG}; edit: demo/ip2p_tiny.yaml)")
+    p.add_argument("--out", help="where data and the run go, replaced (default: runs/demo; edit: runs/demo_edit)")
     p.add_argument("--train-samples", type=int, default=4000)
-    p.add_argument("--eval-samples", type=int, default=200, help="held-out questions scored for accuracy")
+    p.add_argument("--eval-samples", type=int,
+                   help="held-out questions scored for accuracy, or edits for PSNR (default: 200; edit: 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--single-turn", action="store_true",
                    help="one question per training sample (default: every question about an image in one chat)")
@@ -78,9 +83,17 @@ def main(args) -> int:
     from mmtune.errors import UserError
     from mmtune.train.trainer import train
 
+    from mmtune import edit_demo
+
+    task_defaults = edit_demo.DEFAULTS if args.task == "edit" else DEFAULTS
+    for name, value in task_defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for flag, n in (("--train-samples", args.train_samples), ("--eval-samples", args.eval_samples)):
         if n < 1:
             raise UserError(f"{flag}: must be at least 1, got {n}")
+    if args.task == "edit":
+        return edit_demo.main(args)
     started = time.perf_counter()
     out = Path(args.out)
     cfg = load_recipe(args.config, [f"train.out_dir={out / 'run'}", *args.overrides])

@@ -13,7 +13,7 @@ LAYERS = [
     ["mmtune.encoders", "mmtune.bridges", "mmtune.models"],
     ["mmtune.infer", "mmtune.eval"],
     ["mmtune.train"],
-    ["mmtune.recipe", "mmtune.demo", "mmtune.cli", "mmtune"],
+    ["mmtune.recipe", "mmtune.demo", "mmtune.edit_demo", "mmtune.cli", "mmtune"],
 ]
 
 

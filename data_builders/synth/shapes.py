@@ -224,14 +224,14 @@ def write_demo_shards(out_dir: str | Path, n_train: int, n_eval: int, seed: int 
                           f"remove them or pick another out_dir")
     train = list(generate(n_train, 3 * seed, image_size, multi_turn=multi_turn))
     captions = list(generate(n_caption, 3 * seed + 2, image_size, caption=True))
-    held_out = _held_out(_stream(3 * seed + 1, image_size, False, False),
-                         {image_digest(s) for s in train + captions}, n_eval)
-    return {"train": _write(out_dir, "train", train, shard_size), "eval": _write(out_dir, "eval", held_out, shard_size),
+    evals = held_out(_stream(3 * seed + 1, image_size, False, False),
+                     {image_digest(s) for s in train + captions}, n_eval)
+    return {"train": _write(out_dir, "train", train, shard_size), "eval": _write(out_dir, "eval", evals, shard_size),
             "caption": _write(out_dir, CAPTION, captions, shard_size),
-            "chance": chance_accuracy(s.task for s in held_out) if held_out else None}
+            "chance": chance_accuracy(s.task for s in evals) if evals else None}
 
 
-def _held_out(stream: Iterator[Sample], seen: set[bytes], n: int) -> list[Sample]:
+def held_out(stream: Iterator[Sample], seen: set[bytes], n: int) -> list[Sample]:
     """First `n` samples of `stream` whose images are not in `seen`; gives up when the scene space is exhausted."""
     tries = 20 * n + 1000
     out = list(itertools.islice(unseen(itertools.islice(stream, tries), seen), n))

@@ -87,3 +87,9 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
         ids[i, :len(r)] = torch.tensor(r)
         mask[i, :len(r)] = 1
     return ids, mask
+
+MASK_MEMBER = "mask.png"
+"""Optional member of an edit triplet: where the edit should change the input (white) and where not (black)."""
+CAPTIONS_MEMBER = "captions.json"
+"""Optional member: `{"input": caption of the input image, "edited": caption of the edited image}`, which CLIP
+directional similarity compares the edit with."""

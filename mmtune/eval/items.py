@@ -50,7 +50,7 @@ def load_items(source: str | list[str], *, need_answer: bool = True, on_error: s
     sources = [source] if isinstance(source, str) else list(source)
     if len(sources) == 1 and sources[0].endswith(".jsonl"):
         return _load_jsonl(Path(sources[0]), need_answer, on_error)
-    return _load_shards(expand_shards(sources, "--data"), on_error)
+    return load_shards(expand_shards(sources, "--data"), _shard_item, on_error)
 
 
 def _keep(loaded: Loaded, parse, on_error: str) -> None:
@@ -120,7 +120,8 @@ def _attach(messages: list[Message], n_images: int, where: str) -> None:
         raise DataError(f"{where}: field 'image': {n_images} image(s) for {placeholders} <image> placeholder(s)")
 
 
-def _load_shards(shards: list[str], on_error: str) -> Loaded:
+def load_shards(shards: list[str], parse, on_error: str) -> Loaded:
+    """`parse(sample)` of every sample of the shards, in order; bad shards and samples raise or are counted."""
     from mmtune.data.stream import ShardStream
 
     loaded = Loaded([], Counter())
@@ -130,7 +131,7 @@ def _load_shards(shards: list[str], on_error: str) -> Loaded:
                 raise DataError(item.error)
             loaded.counts[f"skipped_{item.reason}"] += 1
             continue
-        _keep(loaded, lambda: _shard_item(item.value), on_error)
+        _keep(loaded, lambda: parse(item.value), on_error)
     return loaded
 
 

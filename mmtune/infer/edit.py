@@ -60,6 +60,11 @@ def add_arguments(p) -> None:
     p.add_argument("--image", required=True, help="the image to edit")
     p.add_argument("--prompt", required=True, help="the edit instruction, e.g. 'make the circle red'")
     p.add_argument("--out", required=True, help="where the edited image is written (PNG)")
+    add_sampling_arguments(p)
+
+
+def add_sampling_arguments(p) -> None:
+    """The sampler's settings, shared by `mmtune edit`, `mmtune eval --task edit` and the edit demo."""
     p.add_argument("--steps", type=int, default=20, help="DDIM sampling steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
     p.add_argument("--text-scale", type=float, default=7.5, help="guidance towards the instruction")

@@ -95,11 +95,12 @@ def build_unet(editor: EditorConfig, latent_channels: int, text_width: int):
 
 
 def noise_schedule(editor: EditorConfig):
-    """DDPM with Stable Diffusion's scaled-linear betas."""
+    """DDPM with Stable Diffusion's scaled-linear betas. No clipping of the predicted clean latent (diffusers'
+    default clips it to [-1, 1] when sampling; latents, TAEF2's above all, are wider: the edits came out grey)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=editor.train_timesteps, beta_schedule="scaled_linear",
-                         beta_start=0.00085, beta_end=0.012, prediction_type=editor.prediction)
+                         beta_start=0.00085, beta_end=0.012, prediction_type=editor.prediction, clip_sample=False)
 
 
 def sampler(schedule):

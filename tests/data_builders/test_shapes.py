@@ -55,13 +55,18 @@ def classify(pixels: np.ndarray) -> str:
 
 def what_is_drawn(sample: Sample) -> dict:
     """The answer to every question type, read from the image alone (position only for a single copy)."""
-    img = np.asarray(Image.open(io.BytesIO(sample.data["0.png"])).convert("RGB"))
+    return read_scene(sample.data["0.png"], sample.id)
+
+
+def read_scene(png: bytes, name: str) -> dict:
+    """What `what_is_drawn` reads from one PNG; `name` is for failure messages."""
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     fg = np.any(img != BACKGROUND, axis=-1)
     colours = {tuple(int(v) for v in c) for c in img[fg]}
-    assert len(colours) == 1, f"{sample.id}: several colours {colours}"
+    assert len(colours) == 1, f"{name}: several colours {colours}"
     comps = components(fg)
     shapes = {classify(c) for c in comps}
-    assert len(shapes) == 1, f"{sample.id}: copies of different shapes {shapes}"
+    assert len(shapes) == 1, f"{name}: copies of different shapes {shapes}"
     seen = {"color": {v: k for k, v in COLORS.items()}[colours.pop()], "shape": shapes.pop(),
             "count": NUMBER[len(comps)]}
     if len(comps) == 1:

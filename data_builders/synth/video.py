@@ -1,8 +1,9 @@
-"""Synthetic videos for the video demo: one shape crosses the frame left, right, up or down, drawn frame by frame
-with shapes.py and written as a real video file, an MJPEG AVI (JPEG frames in a RIFF container, as cameras write
-them), which decord reads like any other. No video-writing library is needed.
+"""Synthetic videos for the video demo: one shape crosses the frame left, right, up or down and changes colour once
+on its way, drawn frame by frame with shapes.py and written as a real video file, an MJPEG AVI (JPEG frames in a
+RIFF container, as cameras write them), which decord reads like any other. No video-writing library is needed.
 
-The question is the direction of motion, which no single frame tells: the model must read the frames in order.
+The questions ask for the colour the shape has first, or last. Both colours are in the video, so only the order
+of the frames tells them apart: a model blind to it could do no better than half right.
 Sample i derives from `random.Random(f"video-{seed}-{i}")` alone.
 """
 from __future__ import annotations
@@ -22,36 +23,42 @@ from mmtune.errors import ConfigError
 
 SOURCE = "synth/video"
 DIRECTIONS = ("left", "right", "up", "down")
-ANSWERS = {"direction": DIRECTIONS}
-QUESTIONS = ("Which way does the shape move?", "In which direction is the shape moving?",
-             "Where does the shape go?")
+ANSWERS = {"first": tuple(COLORS), "last": tuple(COLORS)}
+QUESTIONS = {"first": ("Which color does the shape have first?", "What color is the shape at the start?"),
+             "last": ("Which color does the shape have last?", "What color is the shape at the end?")}
+MULTI_TURN = "multi"
 FRAME_SIZE = 64
 """Pixels a side. decord 0.6 mis-sizes the frames of some widths (16, 24 and 48 pixels fail), 64 reads back."""
 FRAMES = 8
 FPS = 4
 
 
-def generate(n: int, seed: int, frames: int = FRAMES) -> Iterator[Sample]:
-    """`n` samples, deterministic from `seed`: a direction question about a video of `frames` frames."""
+def generate(n: int, seed: int, frames: int = FRAMES, multi_turn: bool = False) -> Iterator[Sample]:
+    """`n` samples of `frames`-frame videos, deterministic from `seed`. Default: one question, first or last colour
+    (`task` names it); `multi_turn`: both, in a random order (task "multi")."""
     if n < 0 or frames < 2:
         raise ConfigError(f"synth video: n must be >= 0 and frames >= 2, got n={n}, frames={frames}")
-    return itertools.islice(_stream(seed, frames), n)
+    return itertools.islice(_stream(seed, frames, multi_turn), n)
 
 
-def _stream(seed: int, frames: int) -> Iterator[Sample]:
+def _stream(seed: int, frames: int, multi_turn: bool) -> Iterator[Sample]:
     for i in itertools.count():
         rng = random.Random(f"video-{seed}-{i}")
-        direction = rng.choice(DIRECTIONS)
-        scenes = moving_shape(rng, direction, frames)
+        scenes = moving_shape(rng, rng.choice(DIRECTIONS), frames)
         video = mjpeg_avi([draw(scene, FRAME_SIZE) for scene in scenes], FPS)
-        yield qa_sample(f"video-{seed}-{i:07d}", SOURCE, "direction", [(rng.choice(QUESTIONS), direction)],
+        answers = {"first": scenes[0].color, "last": scenes[-1].color}
+        tasks = rng.sample(tuple(answers), 2) if multi_turn else [rng.choice(tuple(answers))]
+        turns = [(rng.choice(QUESTIONS[task]), answers[task]) for task in tasks]
+        yield qa_sample(f"video-{seed}-{i:07d}", SOURCE, MULTI_TURN if multi_turn else tasks[0], turns,
                         [("video", "video.avi", video)])
 
 
 def moving_shape(rng: random.Random, direction: str, frames: int) -> list[Scene]:
     """One scene per frame: a shape of 14-20 pixels that crosses at least a third of the frame in `direction`,
-    at a constant speed, along a line drawn at random."""
-    shape, color = rng.choice(SHAPES), rng.choice(tuple(COLORS))
+    at a constant speed, along a line drawn at random, and turns from one colour to another after a frame drawn
+    at random (so the first and the last frame differ)."""
+    shape, (first, last) = rng.choice(SHAPES), rng.sample(tuple(COLORS), 2)
+    change = rng.randint(1, frames - 1)
     side = rng.randint(14, 20)
     far = FRAME_SIZE - side - 2
     start, end = rng.randint(2, 12), rng.randint(far - 10, far)
@@ -62,7 +69,7 @@ def moving_shape(rng: random.Random, direction: str, frames: int) -> list[Scene]
     for t in range(frames):
         along = round(start + (end - start) * t / (frames - 1))
         x, y = (along, across) if direction in ("left", "right") else (across, along)
-        scenes.append(Scene(shape, color, ((x, y, x + side - 1, y + side - 1),), None))
+        scenes.append(Scene(shape, first if t < change else last, ((x, y, x + side - 1, y + side - 1),), None))
     return scenes
 
 
@@ -103,8 +110,9 @@ def _list(kind: bytes, payload: bytes) -> bytes:
 
 
 def write_demo_shards(out_dir: str | Path, n_train: int, n_eval: int, seed: int = 0, frames: int = FRAMES,
-                      shard_size: int = 1000) -> dict:
-    """`train-*.tar` and `eval-*.tar` (videos unseen in training) in `out_dir`, from streams seeded 2*seed and
-    2*seed+1. Returns {"train": [paths], "eval": [paths], "chance": eval chance accuracy}."""
-    splits = {"train": list(generate(n_train, 2 * seed, frames))}
-    return write_splits(out_dir, splits, _stream(2 * seed + 1, frames), n_eval, ANSWERS, shard_size)
+                      multi_turn: bool = True, shard_size: int = 1000) -> dict:
+    """`train-*.tar` (multi-turn by default) and single-question `eval-*.tar` (videos unseen in training) in
+    `out_dir`, from streams seeded 2*seed and 2*seed+1. Returns {"train": [paths], "eval": [paths], "chance": eval
+    chance accuracy}."""
+    splits = {"train": list(generate(n_train, 2 * seed, frames, multi_turn))}
+    return write_splits(out_dir, splits, _stream(2 * seed + 1, frames, False), n_eval, ANSWERS, shard_size)

@@ -24,8 +24,7 @@ from mmtune.errors import ConfigError
 SOURCE = "synth/video"
 DIRECTIONS = ("left", "right", "up", "down")
 ANSWERS = {"first": tuple(COLORS), "last": tuple(COLORS)}
-QUESTIONS = {"first": ("Which color does the shape have first?", "What color is the shape at the start?"),
-             "last": ("Which color does the shape have last?", "What color is the shape at the end?")}
+QUESTIONS = {"first": ("What color is the shape at the start?",), "last": ("What color is the shape at the end?",)}
 MULTI_TURN = "multi"
 FRAME_SIZE = 64
 """Pixels a side. decord 0.6 mis-sizes the frames of some widths (16, 24 and 48 pixels fail), 64 reads back."""

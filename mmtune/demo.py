@@ -63,7 +63,7 @@ TASKS: dict[str, DemoTask] = {
     "points": DemoTask("demo/points_tiny.yaml", _write_points, 3000,
                        "which solid a rotated, scaled, noisy point cloud shows"),
     "multi-image": DemoTask("demo/multi_image_tiny.yaml", _write_multi_image, 3000,
-                            "which of three images has the odd colour, or the colour of a named one"),
+                            "the colour two of three images share, or the odd one's"),
 }
 DEFAULT_CONFIG = TASKS["image"].config
 

@@ -187,11 +187,10 @@ def _question(rng: random.Random, task: str, scene: Scene) -> str:
 
 
 def qa_sample(sample_id: str, source: str, task: str, turns: list[tuple[str, str]],
-              media: list[tuple[str, str, bytes]], placeholders: str | None = None) -> Sample:
-    """A sample of question-answer `turns` about `media` ((kind, member, bytes) in order). `placeholders` opens the
-    first question; by default one placeholder line per item, as builders put them where a source gives none."""
-    if placeholders is None:
-        placeholders = "".join(f"<{kind}>\n" for kind, _, _ in media)
+              media: list[tuple[str, str, bytes]]) -> Sample:
+    """A sample of question-answer `turns` about `media` ((kind, member, bytes) in order); one placeholder per item
+    opens the first question, as builders put them where a source gives none."""
+    placeholders = "".join(f"<{kind}>\n" for kind, _, _ in media)
     messages: list[Message] = []
     for j, (question, reply) in enumerate(turns):
         messages += [Message("user", placeholders + question if j == 0 else question), Message("assistant", reply)]

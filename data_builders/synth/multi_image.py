@@ -1,5 +1,5 @@
-"""Synthetic multi-image questions for the multi-image demo: three shapes images (synth/shapes.py), each of one
-shape, two of one colour and one of another. The questions ask for the colour two images share, or the colour of
+"""Synthetic multi-image questions for the multi-image demo: three images of one large shape each (drawn with
+synth/shapes.py), two of one colour and one of another. The questions ask for the colour two images share, or the colour of
 the odd one out: both colours are in the prompt, so only comparing the images tells them apart (a model that sees
 the colours but does not count the images they are in is right half the time).
 Sample i derives from `random.Random(f"multi-image-{seed}-{i}")` alone.
@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
-from data_builders.synth.shapes import COLORS, qa_sample, random_scene, render, write_splits
+from data_builders.synth.shapes import COLORS, SHAPES, Scene, qa_sample, render, write_splits
 from mmtune.data.sample import Sample
 from mmtune.errors import ConfigError
 
@@ -38,15 +37,20 @@ def _stream(seed: int, image_size: int, multi_turn: bool) -> Iterator[Sample]:
         shared, odd = rng.sample(tuple(COLORS), 2)
         colors = [shared] * (IMAGES - 1) + [odd]
         rng.shuffle(colors)
-        # one shape per image, so an image's share of colour does not depend on how many copies it shows
-        scenes = [random_scene(rng, image_size) for _ in colors]
-        images = [render(replace(scene, color=c, boxes=scene.boxes[:1]), image_size)
-                  for scene, c in zip(scenes, colors)]
+        images = [render(large_shape(rng, color, image_size), image_size) for color in colors]
         answers = {"shared": shared, "odd": odd}
         tasks = rng.sample(tuple(answers), 2) if multi_turn else [rng.choice(tuple(answers))]
         turns = [(rng.choice(QUESTIONS[task]), answers[task]) for task in tasks]
         yield qa_sample(f"multi-image-{seed}-{i:07d}", SOURCE, MULTI_TURN if multi_turn else tasks[0], turns,
                         [("image", f"{k}.png", png) for k, png in enumerate(images)])
+
+
+def large_shape(rng: random.Random, color: str, image_size: int) -> Scene:
+    """One shape filling 45-75% of the image side, anywhere: large enough to cover several patches of a small
+    vision tower, and one a picture, so an image's share of colour does not depend on a count of copies."""
+    side = rng.randint(round(0.45 * image_size), round(0.75 * image_size))
+    x, y = rng.randint(0, image_size - side), rng.randint(0, image_size - side)
+    return Scene(rng.choice(SHAPES), color, ((x, y, x + side - 1, y + side - 1),), None)
 
 
 def write_demo_shards(out_dir: str | Path, n_train: int, n_eval: int, seed: int = 0, image_size: int = 48,

@@ -24,7 +24,8 @@ from mmtune.errors import ConfigError
 SOURCE = "synth/video"
 DIRECTIONS = ("left", "right", "up", "down")
 ANSWERS = {"first": tuple(COLORS), "last": tuple(COLORS)}
-QUESTIONS = {"first": ("What color is the shape at the start?",), "last": ("What color is the shape at the end?",)}
+QUESTIONS = {"first": ("Which color does the shape have first?", "What color is the shape at the start?"),
+             "last": ("Which color does the shape have last?", "What color is the shape at the end?")}
 MULTI_TURN = "multi"
 FRAME_SIZE = 64
 """Pixels a side. decord 0.6 mis-sizes the frames of some widths (16, 24 and 48 pixels fail), 64 reads back."""
@@ -53,14 +54,14 @@ def _stream(seed: int, frames: int, multi_turn: bool) -> Iterator[Sample]:
 
 
 def moving_shape(rng: random.Random, direction: str, frames: int) -> list[Scene]:
-    """One scene per frame: a shape of 14-20 pixels that crosses at least a third of the frame in `direction`,
-    at a constant speed, along a line drawn at random, and turns from one colour to another after a frame drawn
-    at random (so the first and the last frame differ)."""
+    """One scene per frame: a shape of 24-32 pixels (several patches of a small vision tower) that crosses a
+    quarter of the frame or more in `direction`, at a constant speed, along a line drawn at random, and turns from
+    one colour to another after a frame drawn at random (so the first and the last frame differ)."""
     shape, (first, last) = rng.choice(SHAPES), rng.sample(tuple(COLORS), 2)
     change = rng.randint(1, frames - 1)
-    side = rng.randint(14, 20)
+    side = rng.randint(24, 32)
     far = FRAME_SIZE - side - 2
-    start, end = rng.randint(2, 12), rng.randint(far - 10, far)
+    start, end = rng.randint(2, 8), rng.randint(far - 6, far)
     if direction in ("left", "up"):
         start, end = end, start
     across = rng.randint(2, far)

@@ -40,8 +40,7 @@ def _write_image(out: Path, args, cfg) -> dict:
 def _write_video(out: Path, args, cfg) -> dict:
     from data_builders.synth.video import write_demo_shards
 
-    return write_demo_shards(out, args.train_samples, args.eval_samples, seed=args.seed,
-                             multi_turn=not args.single_turn)
+    return write_demo_shards(out, args.train_samples, args.eval_samples, seed=args.seed)
 
 
 def _write_points(out: Path, args, cfg) -> dict:
@@ -59,10 +58,10 @@ def _write_multi_image(out: Path, args, cfg) -> dict:
 
 TASKS: dict[str, DemoTask] = {
     "image": DemoTask("demo/vlm_tiny.yaml", _write_image, 4000, "colour, shape, count and place of shapes"),
-    "video": DemoTask("demo/video_tiny.yaml", _write_video, 3000, "the colour a moving shape has first, or last"),
+    "video": DemoTask("demo/video_tiny.yaml", _write_video, 8000, "the colour a moving shape has first, or last"),
     "points": DemoTask("demo/points_tiny.yaml", _write_points, 3000,
                        "which solid a rotated, scaled, noisy point cloud shows"),
-    "multi-image": DemoTask("demo/multi_image_tiny.yaml", _write_multi_image, 3000,
+    "multi-image": DemoTask("demo/multi_image_tiny.yaml", _write_multi_image, 12000,
                             "the colour two of three images share, or the odd one's"),
 }
 DEFAULT_CONFIG = TASKS["image"].config
@@ -79,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-samples", type=int, default=200, help="held-out questions scored for accuracy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--single-turn", action="store_true",
-                   help="image, video and multi-image: one question per training sample (default: every question about "
+                   help="image and multi-image: one question per training sample (default: every question about "
                         "the media in one chat)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the recipe, e.g. train.steps=100")
 

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from data_builders.synth import points
-from data_builders.synth.shapes import ANSWERS
+from data_builders.synth.shapes import ANSWERS, COLORS
 from mmtune.cli import main as cli
 from mmtune.demo import add_arguments, main
 
@@ -36,7 +36,8 @@ def test_demo_learns_to_see(tmp_path, capsys):
 
 
 REDUCED = {  # task -> (arguments, what the answers may be)
-    "points": (["--train-samples", "1000", "--eval-samples", "60", "train.steps=120"], set(points.CLASSES)),
+    "points": (["--train-samples", "1500", "--eval-samples", "60", "train.steps=250"], set(points.CLASSES)),
+    "multi-image": (["--train-samples", "6000", "--eval-samples", "60", "train.steps=300"], set(COLORS)),
 }
 
 

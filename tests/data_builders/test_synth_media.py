@@ -34,9 +34,8 @@ def nearest_colour(frame: Image.Image) -> str:
     return min(COLORS, key=lambda name: np.abs(np.array(COLORS[name]) - median).sum())
 
 
-@pytest.mark.parametrize("multi_turn", [False, True])
-def test_video_colours_agree_with_the_decoded_frames(multi_turn):
-    samples = list(video.generate(40, seed=0, multi_turn=multi_turn))
+def test_video_colours_agree_with_the_decoded_frames():
+    samples = list(video.generate(40, seed=0))
     for s in samples:
         validate(s)
         assert s.messages[0].content.startswith("<video>\n") and s.media[0].kind == "video"
@@ -51,7 +50,7 @@ def test_video_colours_agree_with_the_decoded_frames(multi_turn):
         axis = np.abs(moves).sum(0).argmax()
         assert (np.abs(moves[:, axis]) > 1).all() and (np.sign(moves[:, axis]) == np.sign(moves[0, axis])).all()
         assert np.abs(moves[:, 1 - axis]).max() < 1, (s.id, moves)  # straight along one axis, at a steady pace
-    assert {s.task for s in samples} == ({"multi"} if multi_turn else {"first", "last"})
+    assert {s.task for s in samples} == {"first", "last"}
 
 
 def test_video_streams_are_deterministic_and_frames_count_is_checked():

@@ -38,6 +38,7 @@ def test_demo_learns_to_see(tmp_path, capsys):
 REDUCED = {  # task -> (arguments, what the answers may be)
     "points": (["--train-samples", "1500", "--eval-samples", "60", "train.steps=250"], set(points.CLASSES)),
     "multi-image": (["--train-samples", "6000", "--eval-samples", "60", "train.steps=300"], set(COLORS)),
+    "video": (["--train-samples", "4000", "--eval-samples", "60", "train.steps=300"], set(COLORS)),
 }
 
 

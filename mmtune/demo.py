@@ -37,16 +37,12 @@ def _write_image(out: Path, args, cfg) -> dict:
                              image_size=_encoder_image_size(cfg, "shapes"), multi_turn=not args.single_turn)
 
 
-def _write_video(out: Path, args, cfg) -> dict:
-    from data_builders.synth.video import write_demo_shards
+def _write_sized_by_generator(out: Path, args, cfg) -> dict:
+    """Video and points: the generator fixes the media sizes (frames, points), the recipe's encoder samples them."""
+    from data_builders.synth import points, video
 
-    return write_demo_shards(out, args.train_samples, args.eval_samples, seed=args.seed)
-
-
-def _write_points(out: Path, args, cfg) -> dict:
-    from data_builders.synth.points import write_demo_shards
-
-    return write_demo_shards(out, args.train_samples, args.eval_samples, seed=args.seed)
+    generator = {"video": video, "points": points}[args.task]
+    return generator.write_demo_shards(out, args.train_samples, args.eval_samples, seed=args.seed)
 
 
 def _write_multi_image(out: Path, args, cfg) -> dict:
@@ -58,13 +54,13 @@ def _write_multi_image(out: Path, args, cfg) -> dict:
 
 TASKS: dict[str, DemoTask] = {
     "image": DemoTask("demo/vlm_tiny.yaml", _write_image, 4000, "colour, shape, count and place of shapes"),
-    "video": DemoTask("demo/video_tiny.yaml", _write_video, 8000, "the colour a moving shape has first, or last"),
-    "points": DemoTask("demo/points_tiny.yaml", _write_points, 3000,
+    "video": DemoTask("demo/video_tiny.yaml", _write_sized_by_generator, 8000,
+                      "the colour a moving shape has first, or last"),
+    "points": DemoTask("demo/points_tiny.yaml", _write_sized_by_generator, 3000,
                        "which solid a rotated, scaled, noisy point cloud shows"),
     "multi-image": DemoTask("demo/multi_image_tiny.yaml", _write_multi_image, 12000,
                             "the colour two of three images share, or the odd one's"),
 }
-DEFAULT_CONFIG = TASKS["image"].config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,16 +1,19 @@
 """MIMIC-IT (Otter) -> one Sample per instruction, its related instructions folded in as earlier turns.
 
 Input: `XX_instructions.json`, `{"meta": ..., "data": {ins_id: {instruction, answer, image_ids: [...],
-rel_ins_ids: [...]}}}`, next to `XX.json`, `{image_id: base64 image}` (the published layout). Every instruction
+rel_ins_ids: [...]}}}`, next to its images: `XX.json`, `{image_id: base64 image}` (the first published layout), or
+`XX.parquet`, image ids as the index and the base64 strings in column `base64` (the later one; read with pyarrow,
+the optional extra `parquet`; XX.json wins when both are there). Every instruction
 becomes a sample with id `ins_id`: first its related instructions (`rel_ins_ids`, in their order, the in-context
 examples of Otter) each as a user turn and its answer, then the instruction itself and its answer. A turn starts
 with one `<image>` per image id not shown in an earlier turn, in `image_ids` order: episodes whose instructions
 share their images (video frames, spot-the-difference pairs) show them once, in-context examples with images of
 their own each show theirs. Images are stored as their decoded original bytes, and must decode with PIL.
 
-The instruction file is read whole (it holds text only); the image file, often many gigabytes, is indexed by byte
-offset with mmap and each image decoded when a sample needs it. Not read: the parquet image files and
-`XX_train.json` (the in-context pairs, which repeat `rel_ins_ids`).
+The instruction file is read whole (it holds text only); the image file, often many gigabytes, is not: XX.json is
+indexed by byte offset with mmap, XX.parquet by row group and row from its id column alone, and each image decoded
+when a sample needs it (a parquet row group's base64 column is read when one of its images is first needed, and
+kept until another group's is). Not read: `XX_train.json` (the in-context pairs, which repeat `rel_ins_ids`).
 """
 from __future__ import annotations
 
@@ -64,11 +67,72 @@ class ImageIndex:
         if image_id not in self.spans:
             raise where.error(field, f"image id {image_id!r} is not in {self.path}", MISSING_MEDIA)
         start, end = self.spans[image_id]
+        return _from_base64(self.map[start:end], image_id, self.path, where, field)
+
+
+class ParquetImages:
+    """`XX.parquet`: image ids as the index (pandas' `to_parquet` of `{image_id: base64}`) or as the one column
+    besides `base64`, read through pyarrow one row group at a time."""
+
+    COLUMN = "base64"
+
+    def __init__(self, path: Path):
         try:
-            return base64.b64decode(self.map[start:end], validate=True)
-        except binascii.Error as e:
-            raise where.error(field, f"image {image_id!r} in {self.path} is not valid base64 ({e})",
-                              CORRUPT_MEDIA) from None
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"{path}: MIMIC-IT parquet images need pyarrow (pip install 'mmtune[parquet]'); or "
+                            f"give the images as {path.stem}.json") from None
+        self.path = path
+        try:
+            self.file = pq.ParquetFile(path)
+            id_column = self._id_column()
+            self.rows: dict[str, tuple[int, int]] = {}
+            for group in range(self.file.num_row_groups):
+                ids = self.file.read_row_group(group, columns=[id_column]).column(0).to_pylist()
+                self._index(group, ids, id_column)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid and ArrowIOError are both
+            raise DataError(f"{path}: not a readable parquet file ({e})") from None
+        self.group: tuple[int, Any] = (-1, None)
+
+    def _id_column(self) -> str:
+        """The pandas index column when the file says so, else the one column besides `base64`."""
+        schema = self.file.schema_arrow
+        names = schema.names
+        pandas = json.loads((schema.metadata or {}).get(b"pandas", b"{}"))
+        named = [c for c in pandas.get("index_columns", []) if isinstance(c, str)]  # a RangeIndex is a dict
+        others = named or [n for n in names if n != self.COLUMN]
+        if self.COLUMN not in names or len(others) != 1:
+            raise DataError(f"{self.path}: expected image ids (the index, or one column) and a column "
+                            f"{self.COLUMN!r} of base64 images; found columns {names}")
+        return others[0]
+
+    def _index(self, group: int, ids: list, id_column: str) -> None:
+        for row, image_id in enumerate(ids):
+            where = f"{self.path}: row group {group} row {row} column {id_column!r}"
+            if not isinstance(image_id, str):
+                raise DataError(f"{where}: image id {image_id!r} is not a string")
+            if image_id in self.rows:
+                raise DataError(f"{where}: image id {image_id!r} appears twice")
+            self.rows[image_id] = (group, row)
+
+    def image(self, image_id: str, where: Where, field: str) -> bytes:
+        if image_id not in self.rows:
+            raise where.error(field, f"image id {image_id!r} is not in {self.path}", MISSING_MEDIA)
+        group, row = self.rows[image_id]
+        if self.group[0] != group:
+            self.group = (group, self.file.read_row_group(group, columns=[self.COLUMN]).column(0))
+        value = self.group[1][row].as_py()
+        if not isinstance(value, (str, bytes)):
+            raise where.error(field, f"image {image_id!r} in {self.path} is {value!r}, not a base64 string",
+                              CORRUPT_MEDIA)
+        return _from_base64(value, image_id, self.path, where, field)
+
+
+def _from_base64(value: bytes | str, image_id: str, path: Path, where: Where, field: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as e:  # ValueError: a str with characters outside ASCII
+        raise where.error(field, f"image {image_id!r} in {path} is not valid base64 ({e})", CORRUPT_MEDIA) from None
 
 
 @dataclass(frozen=True)
@@ -76,16 +140,16 @@ class Episode:
     """One instruction of the file, with the whole `data` object to look its related instructions up in."""
     ins_id: str
     instructions: dict
-    images: ImageIndex
+    images: ImageIndex | ParquetImages
 
 
 def read_episodes(path: Path) -> Iterator[Record]:
-    """One record per instruction of `path`, in file order, with its line; the images come from the `XX.json`
-    beside it."""
+    """One record per instruction of `path`, in file order, with its line; the images come from the `XX.json` or
+    `XX.parquet` beside it."""
     stem = path.name.removesuffix(".json")
     if not stem.endswith(SUFFIX):
         raise DataError(f"{path}: a MIMIC-IT instruction file is named XX{SUFFIX}.json (its images are XX.json)")
-    images = ImageIndex(_images_file(path, stem.removesuffix(SUFFIX)))
+    images = _images(path, stem.removesuffix(SUFFIX))
     text = path.read_text(encoding="utf-8-sig")
     try:
         data = json.loads(text).get("data")
@@ -100,11 +164,14 @@ def read_episodes(path: Path) -> Iterator[Record]:
         yield Record(number, line, Episode(ins_id, data, images))
 
 
-def _images_file(path: Path, name: str) -> Path:
-    images = path.with_name(f"{name}.json")
-    if not images.is_file():
-        raise DataError(f"{path}: its images file {images} not found (MIMIC-IT stores them as {{image_id: base64}})")
-    return images
+def _images(path: Path, name: str) -> ImageIndex | ParquetImages:
+    as_json, as_parquet = path.with_name(f"{name}.json"), path.with_name(f"{name}.parquet")
+    if as_json.is_file():
+        return ImageIndex(as_json)
+    if as_parquet.is_file():
+        return ParquetImages(as_parquet)
+    raise DataError(f"{path}: its images file {as_json} (or {as_parquet.name}) not found (MIMIC-IT stores them as "
+                    f"{{image_id: base64}})")
 
 
 def convert(value: Any, where: Where, ctx: Context) -> list[Sample]:

@@ -9,9 +9,9 @@ PIP=".venv/bin/pip --disable-pip-version-check -q"
 LOCK=requirements/lock.txt
 pin() { grep -i "^$1==" "$LOCK"; }
 $PIP install -c "$LOCK" "$(pin torch)" "$(pin torchvision)"
-# diffusers (model.kind=image_editor) and tensorboard (train.report_to) require no torch, so the pinned one stays
-# (checked at the end).
-$PIP install -c "$LOCK" -e ".[dev,diffusion,report]"
+# diffusers (model.kind=image_editor), tensorboard (train.report_to) and pyarrow (MIMIC-IT parquet images) require
+# no torch, so the pinned one stays (checked at the end).
+$PIP install -c "$LOCK" -e ".[dev,diffusion,report,parquet]"
 # DeepSpeed (train.engine.name=deepspeed) ships as an sdist whose build imports torch: build it against ours,
 # with no build isolation (an isolated build would fetch another torch) and no ops compiled ahead (JIT on use).
 DS_BUILD_OPS=0 $PIP install -c "$LOCK" --no-build-isolation "$(pin deepspeed)" "$(pin einops)" "$(pin hjson)" \

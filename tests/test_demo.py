@@ -1,13 +1,15 @@
-"""The built-in demo at reduced size: held-out accuracy must rise well above chance (the full run reaches 0.96),
-and the `mmtune chat` line it prints works."""
+"""The built-in demos at reduced size: held-out accuracy must rise well above chance (the full image run reaches
+0.96), and the `mmtune chat` line each prints works."""
 import argparse
 import json
+import re
 import shlex
 import shutil
 
 import pytest
 
-from data_builders.synth.shapes import ANSWERS
+from data_builders.synth import points
+from data_builders.synth.shapes import ANSWERS, COLORS
 from mmtune.cli import main as cli
 from mmtune.demo import add_arguments, main
 
@@ -31,3 +33,30 @@ def test_demo_learns_to_see(tmp_path, capsys):
     assert shutil.which(shlex.split(command)[0]), f"{command!r} is not a command this shell can run"
     assert cli(["chat", *shlex.split(arguments)]) == 0
     assert capsys.readouterr().out.strip() in {a for answers in ANSWERS.values() for a in answers}
+
+
+REDUCED = {  # task -> (arguments, what the answers may be)
+    "points": (["--train-samples", "1500", "--eval-samples", "60", "train.steps=250"], set(points.CLASSES)),
+    "multi-image": (["--train-samples", "6000", "--eval-samples", "60", "train.steps=300"], set(COLORS)),
+    "video": (["--train-samples", "4000", "--eval-samples", "60", "train.steps=300"], set(COLORS)),
+}
+
+
+@pytest.mark.parametrize("task", sorted(REDUCED))
+def test_each_media_demo_learns_well_above_chance(tmp_path, capsys, task):
+    """Each task at reduced size: held-out accuracy from nothing to at least chance plus a third of the way to
+    perfect, and its `mmtune chat` line answers with one of the task's answers."""
+    argv, answers = REDUCED[task]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    steps = next(a for a in argv if a.startswith("train.steps=")).split("=")[1]
+    args = parser.parse_args(["--task", task, "--out", str(tmp_path), *argv, f"train.eval_every={steps}",
+                              f"train.save_every={steps}"])
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    before, after, chance = map(float, re.search(r"held-out accuracy: ([\d.]+) before -> ([\d.]+) after training "
+                                                 r"\(chance ([\d.]+)\)", out).groups())
+    assert before < chance < 0.34 and after > chance + (1 - chance) / 3, out
+    try_it = next(line for line in out.splitlines() if line.startswith("try it: "))
+    assert cli(["chat", *shlex.split(try_it.split(" chat ", 1)[1])]) == 0
+    assert capsys.readouterr().out.strip() in answers

@@ -21,7 +21,7 @@ from typing import Iterator
 from PIL import Image, ImageDraw
 
 from data_builders.synth.shapes import (COLORS, PLACES, PLURALS, POSITION_CELLS, Scene, describe, held_out,
-                                        image_digest, random_scene, render)
+                                        media_digest, random_scene, render)
 from mmtune.data.edits import CAPTIONS_MEMBER, MASK_MEMBER
 from mmtune.data.sample import Media, Message, Sample
 from mmtune.data.shards import ShardSink
@@ -142,7 +142,7 @@ def write_edit_splits(out_dir: str | Path, n_train: int, n_eval: int, seed: int 
                       image_size: int = 32) -> dict[str, list[str]]:
     """`train-*.tar` and `eval-*.tar` from streams 2*seed and 2*seed+1; no held-out input image is a training one."""
     train = list(generate(n_train, 2 * seed, image_size))
-    evals = held_out(_stream(2 * seed + 1, image_size), {image_digest(s) for s in train}, n_eval)
+    evals = held_out(_stream(2 * seed + 1, image_size), {media_digest(s) for s in train}, n_eval)
     return {"train": _write(out_dir, "train", train), "eval": _write(out_dir, "eval", evals)}
 
 

@@ -100,7 +100,8 @@ def _stream(seed: int, image_size: int, multi_turn: bool, caption: bool) -> Iter
         else:
             task = rng.choice(_tasks(scene))
             turns = [(task, _question(rng, task, scene), answer(scene, task))]
-        yield _sample(f"shapes-{seed}-{i:07d}", turns, render(scene, image_size), multi_turn)
+        yield qa_sample(f"shapes-{seed}-{i:07d}", SOURCE, MULTI_TURN if multi_turn else turns[0][0],
+                        [(q, a) for _, q, a in turns], [("image", "0.png", render(scene, image_size))])
 
 
 def random_scene(rng: random.Random, image_size: int) -> Scene:
@@ -128,22 +129,31 @@ def _box_in_cell(rng: random.Random, image_size: int, row: int, col: int) -> tup
 
 def render(scene: Scene, image_size: int) -> bytes:
     """PNG bytes of the scene (RGB, no anti-aliasing, so every pixel is the background or the shape colour)."""
+    return png(draw(scene, image_size))
+
+
+def draw(scene: Scene, image_size: int) -> Image.Image:
+    """The scene as an RGB image of `image_size` pixels a side (video frames and image grids draw with it too)."""
     img = Image.new("RGB", (image_size, image_size), BACKGROUND)
-    draw = ImageDraw.Draw(img)
+    pen = ImageDraw.Draw(img)
     fill = COLORS[scene.color]
     for x0, y0, x1, y1 in scene.boxes:
         if scene.shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
+            pen.ellipse((x0, y0, x1, y1), fill=fill)
         elif scene.shape == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
+            pen.rectangle((x0, y0, x1, y1), fill=fill)
         elif scene.shape == "triangle":  # apex up, base on the box's bottom edge
-            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
+            pen.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
         else:  # cross: a plus sign whose arms are a third of the box wide
             t = max(1, round((x1 - x0 + 1) / 3))
-            draw.rectangle((x0 + t, y0, x1 - t, y1), fill=fill)
-            draw.rectangle((x0, y0 + t, x1, y1 - t), fill=fill)
+            pen.rectangle((x0 + t, y0, x1 - t, y1), fill=fill)
+            pen.rectangle((x0, y0 + t, x1, y1 - t), fill=fill)
+    return img
+
+
+def png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -176,68 +186,89 @@ def _question(rng: random.Random, task: str, scene: Scene) -> str:
     return rng.choice(QUESTIONS[task]).format(be=be, noun=noun)
 
 
-def _sample(sample_id: str, turns: list[tuple[str, str, str]], png: bytes, multi_turn: bool) -> Sample:
+def qa_sample(sample_id: str, source: str, task: str, turns: list[tuple[str, str]],
+              media: list[tuple[str, str, bytes]]) -> Sample:
+    """A sample of question-answer `turns` about `media` ((kind, member, bytes) in order); one placeholder per item
+    opens the first question, as builders put them where a source gives none."""
+    placeholders = "".join(f"<{kind}>\n" for kind, _, _ in media)
     messages: list[Message] = []
-    for j, (_, question, reply) in enumerate(turns):
-        messages += [Message("user", f"<image>\n{question}" if j == 0 else question), Message("assistant", reply)]
-    return Sample(id=sample_id, source=SOURCE, task=MULTI_TURN if multi_turn else turns[0][0], messages=messages,
-                  media=[Media("image", "0.png")], data={"0.png": png})
+    for j, (question, reply) in enumerate(turns):
+        messages += [Message("user", placeholders + question if j == 0 else question), Message("assistant", reply)]
+    return Sample(id=sample_id, source=source, task=task, messages=messages,
+                  media=[Media(kind, member) for kind, member, _ in media],
+                  data={member: data for _, member, data in media})
 
 
-def chance_accuracy(tasks: Iterable[str]) -> float:
-    """Expected accuracy of guessing uniformly among ANSWERS[task], averaged over the questions' `tasks`."""
+def chance_accuracy(tasks: Iterable[str], answers: dict[str, tuple[str, ...]] = ANSWERS) -> float:
+    """Expected accuracy of guessing uniformly among answers[task], averaged over the questions' `tasks`."""
     odds = []
     for k, task in enumerate(tasks):
-        if task not in ANSWERS:
-            raise DataError(f"shapes: question {k} has task {task!r}; chance is defined for {tuple(ANSWERS)}")
-        odds.append(1 / len(ANSWERS[task]))
+        if task not in answers:
+            raise DataError(f"synth: question {k} has task {task!r}; chance is defined for {tuple(answers)}")
+        odds.append(1 / len(answers[task]))
     if not odds:
-        raise DataError("shapes: chance accuracy of an empty question list")
+        raise DataError("synth: chance accuracy of an empty question list")
     return sum(odds) / len(odds)
 
 
-def image_digest(sample: Sample) -> bytes:
-    """Identity of a sample's image, for keeping held-out images out of training."""
-    return hashlib.sha1(sample.data["0.png"]).digest()
+def media_digest(sample: Sample) -> bytes:
+    """Identity of what a sample shows (its media's bytes, in order; not an edit's target), for keeping held-out
+    media out of training."""
+    digest = hashlib.sha1()
+    for m in sample.media:
+        digest.update(sample.data[m.member])
+    return digest.digest()
 
 
 def unseen(samples: Iterable[Sample], seen: set[bytes]) -> Iterator[Sample]:
-    """The samples whose image is not in `seen` (a set of image_digest values)."""
-    return (s for s in samples if image_digest(s) not in seen)
+    """The samples whose media are not in `seen` (a set of media_digest values)."""
+    return (s for s in samples if media_digest(s) not in seen)
 
 
 def write_demo_shards(out_dir: str | Path, n_train: int, n_eval: int, seed: int = 0, image_size: int = 64,
                       shard_size: int = 1000, multi_turn: bool = False, n_caption: int = 0) -> dict:
     """Write `train-*.tar`, `eval-*.tar` (and `caption-*.tar` when n_caption > 0) into `out_dir`.
 
-    Streams use seeds 3*seed, 3*seed+1, 3*seed+2, so no two splits of any seed share a stream. Small images
-    can still coincide by chance, so eval skips any image that a train or caption sample shows. Eval is always
+    Streams use seeds 3*seed, 3*seed+1, 3*seed+2, so no two splits of any seed share a stream. Eval is always
     single-turn so accuracy can be reported per question type. Returns
     `{"train": [paths], "eval": [paths], "caption": [paths], "chance": eval chance accuracy or None}`.
-    Refuses an `out_dir` that already holds shards of these prefixes.
     """
-    if shard_size <= 0:
-        raise ConfigError(f"shapes: shard_size must be > 0, got {shard_size}")
-    stale = sorted(p.name for prefix in ("train", "eval", CAPTION) for p in Path(out_dir).glob(f"{prefix}-*.tar"))
-    if stale:  # ShardSink indexes every shard of its prefix, so old ones would join the new set
-        raise ConfigError(f"shapes: {out_dir} already holds {stale[:3]}{'...' if len(stale) > 3 else ''}; "
+    splits = {"train": list(generate(n_train, 3 * seed, image_size, multi_turn=multi_turn)),
+              CAPTION: list(generate(n_caption, 3 * seed + 2, image_size, caption=True))}
+    return write_splits(out_dir, splits, _stream(3 * seed + 1, image_size, False, False), n_eval, ANSWERS,
+                        shard_size)
+
+
+def check_fresh(out_dir: str | Path, prefixes: Iterable[str]) -> None:
+    """Refuse an `out_dir` that already holds shards of these prefixes: ShardSink indexes every shard of its
+    prefix, so old ones would join the new set."""
+    stale = sorted(p.name for prefix in prefixes for p in Path(out_dir).glob(f"{prefix}-*.tar"))
+    if stale:
+        raise ConfigError(f"synth: {out_dir} already holds {stale[:3]}{'...' if len(stale) > 3 else ''}; "
                           f"remove them or pick another out_dir")
-    train = list(generate(n_train, 3 * seed, image_size, multi_turn=multi_turn))
-    captions = list(generate(n_caption, 3 * seed + 2, image_size, caption=True))
-    evals = held_out(_stream(3 * seed + 1, image_size, False, False),
-                     {image_digest(s) for s in train + captions}, n_eval)
-    return {"train": _write(out_dir, "train", train, shard_size), "eval": _write(out_dir, "eval", evals, shard_size),
-            "caption": _write(out_dir, CAPTION, captions, shard_size),
-            "chance": chance_accuracy(s.task for s in evals) if evals else None}
+
+
+def write_splits(out_dir: str | Path, splits: dict[str, list[Sample]], eval_stream: Iterator[Sample], n_eval: int,
+                 answers: dict[str, tuple[str, ...]], shard_size: int = 1000) -> dict:
+    """Write each of `splits` as `<name>-*.tar`, and as `eval-*.tar` the first `n_eval` samples of `eval_stream`
+    whose media no split shows (small media can coincide by chance). Returns {name: [paths]} for every split and
+    eval, and "chance": the eval questions' chance accuracy (None without eval samples)."""
+    if shard_size <= 0:
+        raise ConfigError(f"synth: shard_size must be > 0, got {shard_size}")
+    check_fresh(out_dir, (*splits, "eval"))
+    evals = held_out(eval_stream, {media_digest(s) for samples in splits.values() for s in samples}, n_eval)
+    written = {name: _write(out_dir, name, samples, shard_size) for name, samples in splits.items()}
+    return {**written, "eval": _write(out_dir, "eval", evals, shard_size),
+            "chance": chance_accuracy((s.task for s in evals), answers) if evals else None}
 
 
 def held_out(stream: Iterator[Sample], seen: set[bytes], n: int) -> list[Sample]:
-    """First `n` samples of `stream` whose images are not in `seen`; gives up when the scene space is exhausted."""
+    """First `n` samples of `stream` whose media are not in `seen`; gives up when the space of scenes runs out."""
     tries = 20 * n + 1000
     out = list(itertools.islice(unseen(itertools.islice(stream, tries), seen), n))
     if len(out) < n:
-        raise ConfigError(f"shapes: found only {len(out)} of n_eval={n} images unseen in training after {tries} "
-                          f"draws; lower n_train or raise image_size")
+        raise ConfigError(f"synth: found only {len(out)} of n_eval={n} samples unseen in training after {tries} "
+                          f"draws; lower n_train or raise the image size")
     return out
 
 

@@ -33,6 +33,11 @@ class FramesArgs:
     """frames: every frame's pooled tokens, in order; mean: the pooled tokens averaged over the frames."""
     max_tokens: int = 0
     """Per-video token budget (0: none); with time=frames, fewer frames are sampled to stay within it."""
+    time_encoding: float = 0.0
+    """> 0 (time: frames): add this multiple of a fixed sinusoidal encoding of each frame's index to its tokens, so
+    the features themselves say which frame they come from; 0: order is left to the LLM's positions alone, which a
+    small LLM trained from scratch learns slowly. No parameters: it works with a frozen tower and changes no
+    checkpoint."""
     tower: dict = field(default_factory=dict)
     """An image encoder of its own, {name, args} as model.media.image.encoder; empty: share the image kind's."""
 
@@ -40,8 +45,10 @@ class FramesArgs:
         for name in ("frames", "pool"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{KEY}.{name} must be >= 1, got {getattr(self, name)}")
-        if self.fps < 0 or self.max_tokens < 0:
-            raise ConfigError(f"{KEY}.fps and {KEY}.max_tokens must be >= 0")
+        if self.fps < 0 or self.max_tokens < 0 or self.time_encoding < 0:
+            raise ConfigError(f"{KEY}.fps, {KEY}.max_tokens and {KEY}.time_encoding must be >= 0")
+        if self.time_encoding and self.time == "mean":
+            raise ConfigError(f"{KEY}.time_encoding: the mean over time is the same for every video; use time: frames")
 
 
 class FramesEncoder(nn.Module):
@@ -62,7 +69,7 @@ class FramesEncoder(nn.Module):
                               "or give the video encoder a tower of its own")
         else:  # not registered here: the image part owns, tunes and saves it
             object.__setattr__(self, "shared_tower", image_encoder)
-        self.pool, self.time = args.pool, args.time
+        self.pool, self.time, self.time_encoding = args.pool, args.time, args.time_encoding
         self.grid = math.isqrt(self.tower.num_tokens)
         if args.pool > 1 and self.grid ** 2 != self.tower.num_tokens:
             raise ConfigError(f"{KEY}.pool: the tower gives {self.tower.num_tokens} tokens, not a square patch grid "
@@ -89,7 +96,19 @@ class FramesEncoder(nn.Module):
             grid = tokens.unflatten(1, (self.grid, self.grid)).permute(0, 3, 1, 2)  # [n * frames, D, g, g]
             tokens = F.avg_pool2d(grid, self.pool, ceil_mode=True).flatten(2).transpose(1, 2)
         tokens = tokens.unflatten(0, (n, frames))  # [n, frames, P', D]
+        if self.time_encoding:
+            tokens = tokens + self.time_encoding * time_encoding(frames, tokens.shape[-1]).to(tokens)[:, None]
         return tokens.mean(1) if self.time == "mean" else tokens.flatten(1, 2)
+
+
+def time_encoding(frames: int, width: int) -> torch.Tensor:
+    """[frames, width]: the transformer's sinusoidal position encoding of frame indices 0..frames-1."""
+    position = torch.arange(frames, dtype=torch.float32)[:, None]
+    rate = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+    out = torch.zeros(frames, width)
+    out[:, 0::2] = torch.sin(position * rate)
+    out[:, 1::2] = torch.cos(position * rate[: width // 2])
+    return out
 
 
 def _frames_within_budget(args: FramesArgs, per_frame: int) -> int:

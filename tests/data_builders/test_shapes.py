@@ -9,7 +9,7 @@ from PIL import Image
 
 from data_builders.synth import shapes
 from data_builders.synth.shapes import (ANSWERS, BACKGROUND, CAPTION, COLORS, chance_accuracy, generate,
-                                        image_digest, write_demo_shards)
+                                        media_digest, write_demo_shards)
 from mmtune.data.sample import Sample, validate
 from mmtune.data.stream import ShardStream
 from mmtune.errors import ConfigError, DataError
@@ -84,7 +84,7 @@ def test_same_seed_gives_same_samples_and_bytes():
     assert [s.to_json() for s in a] == [s.to_json() for s in b]
     assert [s.data for s in a] == [s.data for s in b]
     other = list(generate(40, seed=8))
-    assert {image_digest(s) for s in a}.isdisjoint(image_digest(s) for s in other)
+    assert {media_digest(s) for s in a}.isdisjoint(media_digest(s) for s in other)
 
 
 def test_samples_are_canonical_single_turn_questions():
@@ -148,10 +148,10 @@ def test_eval_images_never_appear_in_training(tmp_path):
     out = write_demo_shards(tmp_path, n_train=2000, n_eval=200, seed=0, image_size=24, shard_size=5000)
 
     def digests(shards):
-        return {image_digest(i.value) for i in ShardStream(shards, transform=lambda s: s, shuffle=False)}
+        return {media_digest(i.value) for i in ShardStream(shards, transform=lambda s: s, shuffle=False)}
 
     train, held_out = digests(out["train"]), digests(out["eval"])
-    assert not {image_digest(s) for s in generate(200, seed=1, image_size=24)}.isdisjoint(train)
+    assert not {media_digest(s) for s in generate(200, seed=1, image_size=24)}.isdisjoint(train)
     assert len(held_out) > 150 and held_out.isdisjoint(train)
 
 

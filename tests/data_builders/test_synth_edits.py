@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from data_builders.synth.edits import EDITS, EMPTY_CAPTION, generate, write_edit_splits
-from data_builders.synth.shapes import BACKGROUND, image_digest
+from data_builders.synth.shapes import BACKGROUND, media_digest
 from mmtune.data.edits import CAPTIONS_MEMBER, MASK_MEMBER
 from mmtune.data.sample import Sample, validate
 from mmtune.data.stream import ShardStream
@@ -109,6 +109,6 @@ def test_splits_keep_held_out_inputs_unseen(tmp_path):
 
     train, held_out = read(out["train"]), read(out["eval"])
     assert len(train) == 300 and len(held_out) == 40
-    assert {image_digest(s) for s in held_out}.isdisjoint(image_digest(s) for s in train)
+    assert {media_digest(s) for s in held_out}.isdisjoint(media_digest(s) for s in train)
     assert {MASK_MEMBER, CAPTIONS_MEMBER} <= set(held_out[0].data)
     assert [s.data for s in train] == [s.data for s in generate(300, seed=4)]  # train stream: 2 * seed

@@ -1,5 +1,6 @@
 """Video (frames) and point-cloud encoders: shapes, token budgets, gradient flow, the shared image tower, and the
 point tokenizer's invariance to the order of the points."""
+import math
 import pickle
 
 import pytest
@@ -56,10 +57,27 @@ def test_frames_preprocess_a_real_video_in_a_worker(image):
 @pytest.mark.parametrize("args, message", [
     ({"frames": 0}, r"model\.media\.video\.encoder\.args\.frames must be >= 1"),
     ({"max_tokens": 3}, r"max_tokens: 3 is below one frame's 4 tokens"),
+    ({"time_encoding": -1.0}, r"time_encoding must be >= 0"),
+    ({"time_encoding": 1.0, "time": "mean"}, r"time_encoding: the mean over time is the same for every video"),
 ])
 def test_bad_frames_args_name_the_key(image, args, message):
     with pytest.raises(ConfigError, match=message):
         frames(image, **args)
+
+
+def test_time_encoding_tells_identical_frames_apart(image):
+    """A still video: without the encoding its frames' tokens are equal, with it they differ by exactly the
+    scaled sinusoid of the frame index (and the first frame's sines are zero, its cosines one)."""
+    still = torch.randn(1, 1, *frames(image, frames=3).item_shape[1:]).expand(1, 3, -1, -1, -1)
+    plain = frames(image, frames=3)(still).unflatten(1, (3, 4))
+    encoded = frames(image, frames=3, time_encoding=0.5)(still).unflatten(1, (3, 4))
+    assert torch.allclose(plain[:, 0], plain[:, 2])
+    added = encoded - plain
+    assert torch.allclose(added[0, :, 0], added[0, :, 3], atol=1e-6)  # the same for every token of a frame
+    assert torch.allclose(added[0, 0, 0, 0::2], torch.zeros(32), atol=1e-6)
+    assert torch.allclose(added[0, 0, 0, 1::2], torch.full((32,), 0.5), atol=1e-6)
+    assert torch.allclose(added[0, 1, 0, 0], torch.tensor(0.5 * math.sin(1.0)), atol=1e-6)
+    assert not torch.allclose(encoded[:, 0], encoded[:, 2])
 
 
 def test_frames_without_an_image_encoder_say_what_to_set():

@@ -1,7 +1,9 @@
 """Exact resume: a run killed with SIGKILL and resumed gives the same loss at every step, the same samples in the
-same order and the same counts of truncated and skipped samples as the uninterrupted run."""
+same order and the same counts of truncated and skipped samples as the uninterrupted run; text alone, and text,
+image, video and point-cloud samples mixed in one run, grouped by modality or packed."""
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -11,7 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import write_text_shards
+from data_builders.synth import points, video
+from mmtune.data.shards import ShardSink
+from tests.helpers import image_sample, text_sample, write_text_shards
 
 pytestmark = pytest.mark.slow
 
@@ -51,26 +55,78 @@ def _history(run_dir: Path):
     return losses, order, counts
 
 
-def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
-    shards = write_text_shards(tmp_path / "data", 60, shard_size=9)
-
+def _killed_and_resumed(tmp_path: Path, recipe: dict, kill_at_step: int):
+    """Histories of the uninterrupted run and of the run SIGKILLed after `kill_at_step` and resumed, which must
+    agree bit for bit in loss and in sample order at every step."""
     def config(name: str) -> Path:
-        recipe = {**RECIPE, "data": {**RECIPE["data"], "train": shards},
-                  "train": {**RECIPE["train"], "out_dir": str(tmp_path / name)}}
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(recipe))
+        path.write_text(yaml.safe_dump({**recipe, "train": {**recipe["train"], "out_dir": str(tmp_path / name)}}))
         return path
 
     _run(config("full"))
-    _run(config("killed"), kill_at_step=5)
-    assert not (tmp_path / "killed" / "checkpoints" / "step-000014").exists()
+    _run(config("killed"), kill_at_step=kill_at_step)
+    last = recipe["train"]["steps"]
+    assert not (tmp_path / "killed" / "checkpoints" / f"step-{last:06d}").exists()
     _run(config("killed"), "--resume")
-    full_loss, full_order, full_counts = _history(tmp_path / "full")
-    resumed_loss, resumed_order, resumed_counts = _history(tmp_path / "killed")
-    assert sorted(full_loss) == list(range(1, 15))
-    assert resumed_loss == full_loss  # bit-identical, every step
-    assert resumed_order == full_order
+    full, resumed = _history(tmp_path / "full"), _history(tmp_path / "killed")
+    full_loss, full_order, _ = full
+    assert sorted(full_loss) == list(range(1, last + 1))
+    assert resumed[0] == full_loss  # bit-identical, every step
+    assert resumed[1] == full_order
+    return full, resumed
+
+
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
+    shards = write_text_shards(tmp_path / "data", 60, shard_size=9)
+    recipe = {**RECIPE, "data": {**RECIPE["data"], "train": shards}}
+    (_, full_order, full_counts), (_, _, resumed_counts) = _killed_and_resumed(tmp_path, recipe, kill_at_step=5)
     assert full_counts[14]["truncated"] > 0 and full_counts[14]["skipped_no_target"] > 0, full_counts[14]
     assert resumed_counts == full_counts  # every counter, at every step
     ids = [i for step in full_order for i in step]
     assert len(ids) > 40 and len(set(ids[:40])) == 40  # no repeats within the first epoch (60 samples, some skipped)
+
+
+MEDIA = {"image": {"encoder": {"name": "clip", "args": {"arch": "mmtune-vit-tiny"}}, "bridge": {"name": "mlp2x_gelu"}},
+         "video": {"encoder": {"name": "frames", "args": {"frames": 2}}, "bridge": {"name": "linear"}},
+         "points": {"encoder": {"name": "pointnet", "args": {"points": 64, "tokens": 4, "neighbours": 8, "width": 32}},
+                    "bridge": {"name": "linear"}}}
+
+
+MIXED = 48
+"""Samples of the mixed run: ids s00000-s00011 text-only, s00012-s00023 images, then video-* and points-*."""
+
+
+def write_mixed_shards(out: Path) -> list[str]:
+    """A quarter each of text-only, image (one or two), video (a synthetic AVI) and point-cloud (.npy or .ply)
+    samples, in a seeded random order."""
+    rng = random.Random(0)
+    quarter = MIXED // 4
+    samples = [text_sample(i, rng) for i in range(quarter)]
+    samples += [image_sample(quarter + i, rng, n_images=rng.choice([1, 2])) for i in range(quarter)]
+    samples += [*video.generate(quarter, seed=0, frames=4), *points.generate(quarter, seed=0, points=128)]
+    rng.shuffle(samples)
+    with ShardSink(out, "train", maxcount=10) as sink:
+        for sample in samples:
+            sink.write(sample)
+    return [str(p) for p in sorted(out.glob("train-*.tar"))]
+
+
+def _modality(sample_id: str) -> str:
+    if sample_id.startswith(("video", "points")):
+        return sample_id.split("-")[0]
+    return "text" if int(sample_id[1:]) < MIXED // 4 else "image"
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["grouped", "packed"])
+def test_mixed_modalities_resume_exactly(tmp_path, packing):
+    """Batches of text-only, image, video and point-cloud samples (grouped by modality, or packed into shared rows)
+    train through two DataLoader workers, LoRA dropout and every kind's encoder, and resume exactly."""
+    recipe = {"model": {"llm": "tiny:llama", "media": MEDIA},
+              "tuning": {"llm": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.1}, "encoder": "full"},
+              "data": {"template": "chatml", "max_len": 96, "num_workers": 2, "packing": packing,
+                       "shuffle_buffer": 16, "train": write_mixed_shards(tmp_path / "data")},
+              "train": {"steps": 10, "batch_size": 2, "grad_accum": 2, "lr": 1e-3, "warmup": 2, "log_every": 1,
+                        "save_every": 1, "keep_last": 2, "eval_every": 1000}}
+    (_, full_order, _), _ = _killed_and_resumed(tmp_path, recipe, kill_at_step=4)
+    ids = [i for step in full_order for i in step]
+    assert {_modality(i) for i in ids} == {"text", "image", "video", "points"}

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mmtune.bridges.projector import LinearProjector, MLPProjector
+from mmtune.bridges.qformer import QFormer
 from mmtune.config import ComponentConfig, check_choice, from_dict
 from mmtune.errors import ConfigError
 
@@ -45,6 +46,7 @@ class Bridge(Protocol):
 BRIDGES: dict[str, type] = {
     "linear": LinearProjector,
     "mlp2x_gelu": MLPProjector,
+    "qformer": QFormer,
 }
 MLP_NAME = re.compile(r"mlp([1-9][0-9]*)x_gelu")
 

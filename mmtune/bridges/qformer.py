@@ -56,6 +56,9 @@ class QFormerArgs:
     """Instruction tokens kept (BERT tokenizer, [CLS] and [SEP] included); longer instructions are cut."""
     dropout: float = 0.1
     """Dropout of attention probabilities and hidden states, as BERT."""
+    init_range: float = 0.02
+    """Std of the normal init of new weights (from scratch: all; from a BERT: cross-attention and queries). BERT's
+    0.02 suits its width 768; a narrow Q-Former from scratch learns where to look sooner near 1/sqrt(width)."""
 
     def __post_init__(self):
         for name in ("layers", "width", "heads", "queries", "cross_attention_every"):
@@ -65,6 +68,8 @@ class QFormerArgs:
             raise ConfigError(f"args.width {self.width} must be a multiple of args.heads {self.heads}")
         if self.intermediate is not None and self.intermediate < 1:
             raise ConfigError(f"args.intermediate must be at least 1 (or null: 4 x width), got {self.intermediate}")
+        if self.init_range <= 0:
+            raise ConfigError(f"args.init_range must be positive, got {self.init_range}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"args.dropout must be in [0, 1), got {self.dropout}")
         bert = bert_config(self.init or DEFAULT_TOKENIZER, "args.init" if self.init else "the default tokenizer")
@@ -194,7 +199,8 @@ def _build_qformer(args: QFormerArgs, in_dim: int, bert: dict, vocab_size: int):
         intermediate_size=args.intermediate or 4 * args.width, hidden_dropout_prob=args.dropout,
         attention_probs_dropout_prob=args.dropout, max_position_embeddings=bert["max_position_embeddings"],
         layer_norm_eps=bert.get("layer_norm_eps", 1e-12), pad_token_id=bert.get("pad_token_id", 0),
-        cross_attention_frequency=args.cross_attention_every, encoder_hidden_size=in_dim)
+        cross_attention_frequency=args.cross_attention_every, encoder_hidden_size=in_dim,
+        initializer_range=args.init_range)
     config._attn_implementation = "sdpa"
     return InstructBlipQFormerModel(config)
 

@@ -97,10 +97,11 @@ def test_no_context_reads_the_empty_instruction_and_the_encoder_pickles():
     ({"width": 768}, r"args\.width is 768 but the BERT in args\.init \(minilm-l6\) has hidden_size 384"),
     ({"layers": 7}, r"args\.layers is 7 but the BERT in args\.init \(minilm-l6\) has 6 layers"),
     ({"queries": 0}, r"args\.queries must be at least 1, got 0"),
+    ({"init_range": 0}, r"args\.init_range must be positive, got 0"),
     ({"max_instruction_len": 600}, r"args\.max_instruction_len must be in 2\.\.512"),
     ({"init": "no/such/bert"}, r"args\.init: no/such/bert is not a BERT directory"),
     ({"querys": 8}, r"unknown key model\.media\.image\.bridge\.args\.querys.*queries"),
-], ids=["heads", "width", "layers", "queries", "instruction-len", "init", "unknown-key"])
+], ids=["heads", "width", "layers", "queries", "init-range", "instruction-len", "init", "unknown-key"])
 def test_bad_arguments_are_named_when_the_recipe_loads(args, message):
     with pytest.raises(ConfigError, match=rf"config: .*{message}"):
         load_recipe(None, ["model.encoder={name: clip, args: {arch: mmtune-vit-tiny}}",

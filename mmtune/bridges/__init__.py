@@ -24,6 +24,7 @@ import torch
 
 from mmtune.bridges.projector import LinearProjector, MLPProjector
 from mmtune.bridges.resampler import PerceiverResampler
+from mmtune.bridges.qformer import QFormer
 from mmtune.config import ComponentConfig, check_choice, from_dict
 from mmtune.errors import ConfigError
 
@@ -52,6 +53,7 @@ BRIDGES: dict[str, type] = {
     "linear": LinearProjector,
     "mlp2x_gelu": MLPProjector,
     "resampler": PerceiverResampler,
+    "qformer": QFormer,
 }
 MLP_NAME = re.compile(r"mlp([1-9][0-9]*)x_gelu")
 

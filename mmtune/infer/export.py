@@ -1,7 +1,8 @@
 """Export a trained checkpoint as Hugging Face directories: the plain LLM (`hf`), its LoRA adapter (`peft`), a
-LLaVA model (`llava`), or, for an image editor, a diffusers StableDiffusionInstructPix2PixPipeline (`diffusers`).
+LLaVA model (`llava`), an InstructBLIP model (`instructblip`), or, for an image editor, a diffusers
+StableDiffusionInstructPix2PixPipeline (`diffusers`).
 
-For `hf` and `llava`, LoRA is merged into the base weights first, so neither peft nor mmtune is needed to load the
+For `hf`, `llava` and `instructblip`, LoRA is merged into the base weights first, so neither peft nor mmtune is needed to load the
 result; `peft` keeps the adapter apart, for peft users who load it onto their copy of the base model. Generation
 stops where mmtune's does (the template's end token joins eos_token_id in generation_config.json). Prompts are
 formatted as in training by the chat template both formats carry (infer/chat_template.py: the training template
@@ -349,15 +350,21 @@ def open_clip_to_hf_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     The embeddings, the pre-norm and the kept blocks are mapped; a weight with no counterpart (LayerScale, q/k norms,
     separate q/k/v matrices) raises ConfigError, as the converted tower would compute something else.
     """
+    return _rename_open_clip(state, _OPEN_CLIP_TO_HF_CLIP, "CLIPVisionModel")
+
+
+def _rename_open_clip(state: dict[str, torch.Tensor], table: list, target: str, hint: str = "") -> dict[str, torch.Tensor]:
+    """open_clip tower weights renamed by `table` (regex -> name, names for a split, or None: dropped); a weight
+    no row matches is a ConfigError naming it and the `target` class."""
     out = {}
     for key, value in state.items():
-        for src, dst in _OPEN_CLIP_TO_HF_CLIP:
+        for src, dst in table:
             match = re.fullmatch(src, key)
             if match:
                 break
         else:
             raise ConfigError(f"model.media.image.encoder.args.arch: open_clip weight visual.{key} has no counterpart in a "
-                              "Hugging Face CLIPVisionModel, so this tower cannot be exported")
+                              f"Hugging Face {target}, so this tower cannot be exported{hint}")
         if isinstance(dst, tuple):
             out.update(zip((match.expand(d) for d in dst), value.chunk(3)))
         elif dst is not None:
@@ -453,10 +460,163 @@ def _clip_image_processor(transform: T.Compose) -> CLIPImageProcessor:
     return CLIPImageProcessor(**kwargs)
 
 
+# ---- InstructBLIP: which parts fit, and how they are put together ----
+
+def export_instructblip(ckpt: str | Path, out_dir: str | Path) -> Path:
+    """Write an InstructBlipForConditionalGeneration directory with its InstructBlipProcessor (the LLM's tokenizer
+    with an `<image>` token, the Q-Former's BERT tokenizer, an image processor equivalent to the encoder's
+    transform). Raises ConfigError naming the part (model.llm, model.media.image.*) InstructBLIP cannot hold.
+
+    mmtune writes the query outputs where `<image>` stands in the prompt; the exported chat template does the same
+    (one `<image>` token per query), while InstructBlipProcessor's own call puts them before all the text. Use the
+    chat template for the LLM's ids and `processor.qformer_tokenizer` on the text of the image's turn (without the
+    image) for the Q-Former's, and pass `generation_config=model.generation_config` to `generate` (InstructBLIP
+    generates with its LLM's own config otherwise, which does not stop at the template's end of turn), as
+    mmtune.json says."""
+    from transformers import InstructBlipConfig, InstructBlipProcessor
+
+    out = _empty_dir(out_dir)
+    model, tokenizer, cfg = _load(ckpt, "instructblip")
+    _check_instructblip_parts(cfg, model)
+    image = model.media["image"]
+    encoder, bridge, llm = (_merged(part) for part in (image.encoder, image.bridge, model.llm))
+    tower = BLIP_TOWERS[cfg.model.media.image.encoder.name](encoder, bridge)
+    image_id = _add_image_token(tokenizer, llm)
+    config = InstructBlipConfig(vision_config=tower.model.config, qformer_config=bridge.qformer.config.to_dict(),
+                                text_config=llm.config, num_query_tokens=bridge.num_queries,
+                                image_token_index=image_id)
+    blip = _assemble_instructblip(config, llm, tower.model, bridge)
+    generation = _generation_config(llm, tokenizer, cfg)
+    generation.suppress_tokens = [image_id]  # not a token mmtune's model can emit
+    blip.generation_config = generation
+    tokenizer.chat_template = chat_template(cfg.data.template, tokenizer, cfg.data.system_prompt,
+                                            IMAGE_TOKEN * bridge.num_queries)
+    qformer_tokenizer = copy.deepcopy(bridge.encode_instruction.tokenizer)
+    qformer_tokenizer.model_max_length = bridge.encode_instruction.max_len  # truncation=True cuts where mmtune does
+    processor = InstructBlipProcessor(image_processor=tower.image_processor, tokenizer=tokenizer,
+                                      qformer_tokenizer=qformer_tokenizer, num_query_tokens=bridge.num_queries,
+                                      chat_template=tokenizer.chat_template)
+    with _staging(out) as tmp:
+        blip.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        _write_meta(tmp, "instructblip", ckpt, cfg, tokenizer, image_token=IMAGE_TOKEN,
+                    num_query_tokens=bridge.num_queries, qformer_max_length=qformer_tokenizer.model_max_length,
+                    qformer_text="the text of the user turn holding the image, the image removed",
+                    generate="model.generate(**inputs, generation_config=model.generation_config)",
+                    image_processor_backend=tower.backend)
+    return out
+
+
+def _check_instructblip_parts(cfg: RunConfig, model: nn.Module) -> None:
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
+
+    image, others = cfg.model.media.image, sorted(set(cfg.model.media.parts()) - {"image"})
+    if image is None:
+        raise ConfigError("model.media.image: the checkpoint has no image encoder; export it with --format hf")
+    if others:
+        raise ConfigError(f"model.media.{others[0]}: InstructBLIP holds images only; export the LLM with --format hf")
+    if image.bridge.name != "qformer":
+        raise ConfigError(f"model.media.image.bridge.name: {image.bridge.name} cannot be exported to InstructBLIP, "
+                          "whose bridge is the Q-Former (qformer)")
+    if not model.media["image"].encode_context:
+        raise ConfigError("model.media.image.bridge.args.instruction_aware: a Q-Former that reads no instruction is "
+                          "BLIP-2's, not InstructBLIP's (which always reads qformer_input_ids)")
+    if image.encoder.name not in BLIP_TOWERS:
+        raise ConfigError(f"model.media.image.encoder.name: {image.encoder.name} has no InstructBLIP vision tower: "
+                          f"{BLIP_REFUSED.get(image.encoder.name, 'not a ViT')}; exportable: clip (an open_clip ViT "
+                          "without ln_pre)")
+    if model.media["image"].encoder.tokens != "all":
+        raise ConfigError(f"model.media.image.encoder.args.tokens: {model.media['image'].encoder.tokens}; InstructBLIP's "
+                          "Q-Former reads every token of its vision tower (all: the class token and the grid)")
+    model_type = model.llm.config.model_type
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError(f"model.llm: a {model_type} LLM is neither a causal nor a seq2seq language model "
+                          "transformers can put in InstructBLIP")
+
+
+BLIP_REFUSED = {"hf_clip": "a CLIP tower normalises before its first block (pre_layrnorm) and SigLIP has no class "
+                           "token, and InstructBlipVisionModel has neither"}
+"""Why an encoder has no InstructBLIP vision tower."""
+
+
+def _assemble_instructblip(config, llm: PreTrainedModel, tower: PreTrainedModel, bridge: nn.Module):
+    """The trained parts in an InstructBLIP skeleton built on the meta device (no second copy of the LLM)."""
+    import torch
+    from transformers import InstructBlipForConditionalGeneration
+
+    with torch.device("meta"):
+        blip = InstructBlipForConditionalGeneration(config)
+    blip.language_model, blip.vision_model = llm, tower
+    blip.qformer = _instructblip_qformer(bridge)
+    blip.query_tokens, blip.language_projection = bridge.query_tokens, bridge.language_projection
+    return blip.eval()
+
+
+def _instructblip_qformer(bridge: nn.Module):
+    """transformers' InstructBlipQFormerModel holding the bridge's Q-Former. transformers runs the last layer's text
+    feed-forward and discards its output, so mmtune has none: it is written as a copy of the query one."""
+    from transformers import InstructBlipQFormerModel
+
+    source = bridge.qformer
+    qformer = InstructBlipQFormerModel(copy.deepcopy(source.config))
+    state = source.state_dict()
+    last = len(source.encoder.layer) - 1
+    for part in ("intermediate", "output"):
+        for key, value in source.encoder.layer[last].get_submodule(f"{part}_query").state_dict().items():
+            state[f"encoder.layer.{last}.{part}.{key}"] = value
+    qformer.load_state_dict(state, strict=True)
+    return qformer.eval()
+
+
+_TO_BLIP_VISION: list[tuple[str, str | None]] = [
+    (r"class_embedding", "embeddings.class_embedding"),
+    (r"conv1\.weight", "embeddings.patch_embedding.weight"),
+    (r"positional_embedding", "embeddings.position_embedding"),
+    (_BLOCK + r"ln_1\.(weight|bias)", _LAYER + r"layer_norm1.\2"),
+    (_BLOCK + r"attn\.in_proj_(weight|bias)", _LAYER + r"self_attn.qkv.\2"),  # both keep q, k, v in one matrix
+    (_BLOCK + r"attn\.out_proj\.(weight|bias)", _LAYER + r"self_attn.projection.\2"),
+    (_BLOCK + r"ln_2\.(weight|bias)", _LAYER + r"layer_norm2.\2"),
+    (_BLOCK + r"mlp\.c_fc\.(weight|bias)", _LAYER + r"mlp.fc1.\2"),
+    (_BLOCK + r"mlp\.c_proj\.(weight|bias)", _LAYER + r"mlp.fc2.\2"),
+    (r"attn_pool(_contrastive)?\..+", None),
+]
+
+
+def _open_clip_blip_tower(encoder: nn.Module, bridge: nn.Module) -> Tower:
+    """clip: open_clip's ViT rewritten as an InstructBlipVisionModel, whose final norm is the Q-Former's LayerNorm
+    over the features (LAVIS ln_vision); its transform as a CLIPImageProcessor."""
+    import torch
+    from transformers import InstructBlipVisionConfig, InstructBlipVisionModel
+
+    clip = _clip_vision_config(encoder.visual)
+    if bridge.ln_vision.eps != clip.layer_norm_eps:
+        raise ConfigError(f"model.media.image.bridge: its feature norm has eps {bridge.ln_vision.eps}, the tower's "
+                          f"norms {clip.layer_norm_eps}; an InstructBlipVisionModel has one")
+    config = InstructBlipVisionConfig(
+        hidden_size=clip.hidden_size, intermediate_size=clip.intermediate_size, num_hidden_layers=clip.num_hidden_layers,
+        num_attention_heads=clip.num_attention_heads, image_size=clip.image_size, patch_size=clip.patch_size,
+        hidden_act=clip.hidden_act, layer_norm_eps=clip.layer_norm_eps, qkv_bias=True)
+    model = InstructBlipVisionModel(config)
+    state = _rename_open_clip(encoder.visual.state_dict(), _TO_BLIP_VISION, "InstructBlipVisionModel",
+                              " (it has no pre-norm: use an open_clip ViT with no_ln_pre)")
+    own = model.state_dict()
+    state = {k: v.reshape(own[k].shape) for k, v in state.items()}  # class and position embeddings gain batch axes
+    state["embeddings.patch_embedding.bias"] = torch.zeros_like(own["embeddings.patch_embedding.bias"])  # open_clip's has none
+    state.update({f"post_layernorm.{k}": v for k, v in bridge.ln_vision.state_dict().items()})
+    return Tower(_load_tower(model, state, "model.media.image.encoder.args.arch"), True,
+                 _clip_image_processor(encoder.transform), "pil")
+
+
+BLIP_TOWERS: dict[str, Callable[[nn.Module, nn.Module], Tower]] = {"clip": _open_clip_blip_tower}
+"""Encoder name -> its InstructBLIP vision tower (given the encoder and the Q-Former, which owns the final norm)."""
+
+
 # ---- `mmtune export` and `mmtune.export` ----
 
 FORMATS: dict[str, tuple[Callable[[str | Path, str | Path], Path], str]] = {
     "hf": (export_hf, "lm"), "peft": (export_peft, "lm"), "llava": (export_llava, "lm"),
+    "instructblip": (export_instructblip, "lm"),
     "diffusers": (export_diffusers, "image_editor")}
 """Format -> (its exporter, the model.kind it exports)."""
 
@@ -476,7 +636,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(PeftModel.from_pretrained); llava: "
                              "LlavaForConditionalGeneration + processor (CLIP tower, mlp2x_gelu, Llama-like LLM); "
                              "diffusers: an image editor as StableDiffusionInstructPix2PixPipeline (CLIP text "
-                             "encoder, AutoencoderKL)")
+                             "encoder, AutoencoderKL); instructblip: InstructBlipForConditionalGeneration + processor "
+                             "(open_clip ViT without ln_pre, instruction-aware qformer, causal or seq2seq LLM)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""export_hf / export_llava: the exported directories load with transformers alone and compute what mmtune computes."""
+"""export_hf / export_llava / export_instructblip: the exported directories load with transformers alone and compute what mmtune computes."""
 from __future__ import annotations
 
 import argparse
@@ -14,15 +14,16 @@ import torch
 from peft import PeftModel
 from PIL import Image
 from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoProcessor, AutoTokenizer, CLIPImageProcessor,
-                          CLIPVisionConfig, CLIPVisionModel, LlavaForConditionalGeneration, LlavaProcessor,
-                          SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel)
+                          CLIPVisionConfig, CLIPVisionModel, InstructBlipForConditionalGeneration,
+                          InstructBlipProcessor, LlavaForConditionalGeneration, LlavaProcessor, SiglipImageProcessor,
+                          SiglipVisionConfig, SiglipVisionModel)
 
 from mmtune.cli import main
 from mmtune.data.sample import Message
 from mmtune.data.templates import MEDIA_TOKEN_IDS, render_prompt
 from mmtune.encoders.clip import MODEL_CONFIGS
 from mmtune.errors import ConfigError
-from mmtune.infer.export import (META_FILE, add_arguments, export_hf, export_llava, export_peft,
+from mmtune.infer.export import (META_FILE, add_arguments, export_hf, export_instructblip, export_llava, export_peft,
                                  open_clip_to_hf_clip, run)
 from mmtune.infer.generate import generate
 from tests.helpers import EXAMPLE_IMAGE, Saved, save_checkpoint
@@ -325,3 +326,116 @@ def test_hf_chat_template_gives_mmtune_prompt_and_answer(tmp_path, template, sys
         answer = generate(saved.model, saved.tokenizer, saved.cfg, [messages], max_new_tokens=12)[0]
         assert len(set(new.tolist())) > 3
         assert tokenizer.decode(new, skip_special_tokens=True).strip() == answer
+
+
+# ---- InstructBLIP: an open_clip ViT without ln_pre + instruction-aware Q-Former + a causal or seq2seq LLM ----
+
+QFORMER = "model.bridge={name: qformer, args: {init: '', layers: 3, width: 32, heads: 2, queries: 4, max_instruction_len: 16}}"
+
+
+@pytest.fixture(scope="module")
+def no_ln_pre_arch(tmp_path_factory) -> str:
+    """mmtune-vit-tiny without the norm before its first block (InstructBLIP's vision tower has none)."""
+    spec = json.loads((MODEL_CONFIGS / "mmtune-vit-tiny.json").read_text())
+    spec["vision_cfg"]["no_ln_pre"] = True
+    folder = tmp_path_factory.mktemp("open_clip_no_ln_pre")
+    (folder / "mmtune-test-vit-no-ln-pre.json").write_text(json.dumps(spec))
+    open_clip.add_model_config(folder)
+    return "mmtune-test-vit-no-ln-pre"
+
+
+@dataclass
+class BlipCase:
+    saved: Saved
+    blip: InstructBlipForConditionalGeneration
+    processor: InstructBlipProcessor
+
+
+@pytest.fixture(scope="module", params=[("tiny:llama", "lora"), ("tiny:t5", "full")], ids=["llama-lora", "t5"])
+def blip_case(request, tmp_path_factory, no_ln_pre_arch) -> BlipCase:
+    llm, tuning = request.param
+    run_dir = tmp_path_factory.mktemp("blip")
+    saved = save_checkpoint(run_dir, f"model.llm={llm}", f"tuning.llm={tuning}", QFORMER,
+                            "model.encoder={name: clip, args: {arch: %s, tokens: all}}" % no_ln_pre_arch)
+    out = run_dir / "instructblip"
+    assert main(["export", "--ckpt", str(saved.ckpt), "--out", str(out), "--format", "instructblip"]) == 0
+    return BlipCase(saved, InstructBlipForConditionalGeneration.from_pretrained(out).eval(),
+                    AutoProcessor.from_pretrained(out, backend="pil"))
+
+
+def _blip_inputs(case: BlipCase, image: Image.Image, question: str) -> dict:
+    """The exported model's inputs as a transformers user builds them (mmtune.json): the chat template for the
+    LLM's ids, the Q-Former's tokenizer on the question, the image processor for the pixels."""
+    processor = case.processor
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    ids = processor.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=False)
+    qformer = processor.qformer_tokenizer(question, truncation=True, return_tensors="pt")
+    return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+            "qformer_input_ids": qformer["input_ids"], "qformer_attention_mask": qformer["attention_mask"],
+            "pixel_values": processor.image_processor(images=image, return_tensors="pt")["pixel_values"]}
+
+
+def test_instructblip_gives_mmtune_greedy_answer_and_logits(blip_case):
+    c, m = blip_case, blip_case.saved
+    image = Image.open(EXAMPLE_IMAGE).convert("RGB")
+    messages = [Message("user", f"<image>\n{QUESTION}")]
+    inputs = _blip_inputs(c, image, QUESTION)
+    ids = render_prompt(messages, m.tokenizer, m.cfg.data.template, media_tokens=m.model.media_tokens)
+    image_id = c.blip.config.image_token_id
+    assert inputs["input_ids"][0].tolist() == [image_id if i == MEDIA_TOKEN_IDS["image"] else i for i in ids]
+    answer = generate(m.model, m.tokenizer, m.cfg, [messages], [[image]], max_new_tokens=12)[0]
+    out = c.blip.generate(**inputs, generation_config=c.blip.generation_config, max_new_tokens=12, do_sample=False)
+    new = out[0] if m.model.seq2seq else out[0, len(ids):]  # a decoder-only LLM returns the prompt too
+    assert c.processor.tokenizer.decode(new, skip_special_tokens=True).strip() == answer
+    part = m.model.media["image"]
+    context = {k: torch.as_tensor(v)[None] for k, v in part.encode_context(QUESTION).items()}
+    decoder = {"decoder_input_ids": out} if m.model.seq2seq else {}  # the answer, read by the decoder
+    with torch.no_grad():
+        embeds = m.model.embed(torch.tensor([ids]), {"image": part.encoder.transform(image)[None]}, {"image": context})
+        expected = m.model.llm(inputs_embeds=embeds, **decoder).logits
+        logits = c.blip(**inputs, **decoder).logits
+    torch.testing.assert_close(logits[..., :-1], expected, rtol=0, atol=1e-4)  # less the added <image> token
+
+
+def test_instructblip_features_are_mmtune_bridge_outputs(blip_case):
+    """Vision tower + Q-Former + projection give the media part's outputs, the question read through the same ids."""
+    c, part = blip_case, blip_case.saved.model.media["image"]
+    image = Image.open(EXAMPLE_IMAGE).convert("RGB")
+    inputs = _blip_inputs(c, image, "How many shapes are there in this picture, and where?")
+    context = {k: torch.as_tensor(v)[None] for k, v in part.encode_context(
+        "How many shapes are there in this picture, and where?").items()}
+    with torch.no_grad():
+        features = c.blip.get_image_features(inputs["pixel_values"], inputs["qformer_input_ids"],
+                                             inputs["qformer_attention_mask"]).pooler_output
+        torch.testing.assert_close(features, part(part.encoder.transform(image)[None], context), rtol=0, atol=1e-5)
+
+
+def test_instructblip_export_records_how_to_prompt(blip_case):
+    meta = json.loads((Path(blip_case.processor.tokenizer.name_or_path) / META_FILE).read_text())
+    assert (meta["format"], meta["image_token"], meta["num_query_tokens"], meta["qformer_max_length"]) == \
+        ("instructblip", "<image>", 4, 16)
+    assert blip_case.blip.generation_config.suppress_tokens == [blip_case.blip.config.image_token_id]
+    assert meta["generate"] == "model.generate(**inputs, generation_config=model.generation_config)"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.encoder={name: clip, args: {arch: NO_LN_PRE, tokens: all}}", MLP],
+     r"model\.media\.image\.bridge\.name: mlp2x_gelu cannot be exported to InstructBLIP"),
+    (["model.encoder={name: clip, args: {arch: NO_LN_PRE, tokens: patch}}", QFORMER],
+     r"model\.media\.image\.encoder\.args\.tokens: patch; InstructBLIP's Q-Former reads every token"),
+    (["model.encoder={name: clip, args: {arch: NO_LN_PRE, tokens: all}}",
+      QFORMER.replace("}}", ", instruction_aware: false}}")],
+     r"model\.media\.image\.bridge\.args\.instruction_aware: a Q-Former that reads no instruction is BLIP-2's"),
+    (["model.encoder={name: clip, args: {arch: mmtune-vit-tiny, tokens: all}}", QFORMER],
+     r"open_clip weight visual\.ln_pre\.weight has no counterpart in a Hugging Face InstructBlipVisionModel.*no_ln_pre"),
+    (["model.encoder={name: hf_clip, args: {path: HF_TOWER, tokens: all}}", QFORMER],
+     r"model\.media\.image\.encoder\.name: hf_clip has no InstructBLIP vision tower: a CLIP tower normalises"),
+], ids=["mlp-bridge", "patch-tokens", "not-instruction-aware", "ln-pre", "hf-clip"])
+def test_parts_instructblip_cannot_hold_are_named(tmp_path, no_ln_pre_arch, overrides, message):
+    tower = _save_hf_tower(tmp_path / "tower", "clip")
+    overrides = [o.replace("NO_LN_PRE", no_ln_pre_arch).replace("HF_TOWER", tower) for o in overrides]
+    saved = save_checkpoint(tmp_path / "run", *overrides)
+    with pytest.raises(ConfigError, match=message):
+        export_instructblip(saved.ckpt, tmp_path / "blip")
+    assert not (tmp_path / "blip").exists()

@@ -3,9 +3,9 @@
 Token ids carry negative sentinels (templates.MEDIA_TOKEN_IDS: one per media kind) where media features go; `embed`
 replaces each kind's, in order, with bridge(encoder(items)) rows of that kind's part, so any number of images,
 videos and point clouds can sit anywhere in any turn and the LLM's vocabulary never changes. Labels at those
-positions are already -100 (templates). The forward pass returns logits only where a label is supervised
-(sparse LM head): the same loss, without paying the vocabulary-sized projection and a float32 [B, T, V] tensor for
-prompt, media and padding positions.
+positions are already -100 (templates). The forward pass scores only where a label is supervised (sparse LM head):
+the same loss, without paying the vocabulary-sized projection and a float32 [B, T, V] tensor for prompt, media and
+padding positions; a plain linear head is left to the loss, which applies it a chunk of rows at a time.
 """
 from __future__ import annotations
 
@@ -14,23 +14,44 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmtune.data.packing import next_token_targets
 from mmtune.data.templates import IGNORE, MEDIA_TOKEN_IDS
 from mmtune.errors import DataError
+from mmtune.models.head_loss import fusable, head_loss_sum, head_token_losses
 from mmtune.models.llm import is_seq2seq, llm_parts
 from mmtune.models.segment_attention import segment_boundaries, use_segment_attention
 
 
 @dataclass
 class Scored:
-    logits: torch.Tensor
-    """[K, V] logits at the K supervised positions."""
+    states: torch.Tensor
+    """At the K supervised positions: [K, H] last hidden states when `head` is set (the loss applies it a chunk of
+    rows at a time, head_loss.py), else [K, V] logits."""
     targets: torch.Tensor
     """[K] target ids."""
     seq: torch.Tensor
     """[K] which sample (batch["seq_ids"] numbering) each position belongs to."""
+    head: nn.Linear | None = None
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """[K, V], materialised."""
+        return self.states if self.head is None else self.head(self.states)
+
+    def loss_sum(self) -> torch.Tensor:
+        """Summed next-token cross-entropy, in fp32."""
+        if self.head is None:
+            return F.cross_entropy(self.states.float(), self.targets, reduction="sum")
+        return head_loss_sum(self.states, self.head, self.targets)
+
+    def token_losses(self) -> torch.Tensor:
+        """[K] cross-entropy per supervised position, in fp32."""
+        if self.head is None:
+            return F.cross_entropy(self.states.float(), self.targets, reduction="none")
+        return head_token_losses(self.states, self.head, self.targets)
 
 
 class MediaPart(nn.Module):
@@ -141,6 +162,8 @@ class MultimodalLM(nn.Module):
         keep = targets != IGNORE
         hidden = self.hidden_states(batch)
         head = self._parts[1]
+        if sparse and fusable(head):
+            return Scored(hidden[keep], targets[keep], seq[keep], head)
         logits = head(hidden[keep]) if sparse else head(hidden)[keep]
         return Scored(logits, targets[keep], seq[keep])
 

@@ -6,7 +6,7 @@ times the head's weight or the chunk's hidden states) are final as soon as the c
 right there, the chunk's logits are dropped, and the backward pass only scales them by the incoming gradient. Same
 loss and gradients as F.cross_entropy over the whole logits, no softmax or log-softmax tensor of [K, V] kept for the
 backward pass, and each logit read a few times instead of written and read by four separate passes. On SmolLM2
-(K ~ 2,000 supervised tokens of 4,096, V = 49,152) that is ~1.2 GB less at the peak.
+(K ~ 2,000 supervised tokens of 4,096, V = 49,152) each of those [K, V] fp32 tensors is ~0.4 GB.
 
 Only a head that is a plain nn.Linear over whole tensors qualifies (`fusable`); MultimodalLM calls any other (LoRA
 or modules_to_save on the head, ZeRO-3 parameters, which gather only in the head's own forward) as a module in its

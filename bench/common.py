@@ -4,10 +4,13 @@ Trainer harness, the mmtune harness, child processes and the report.
 Fairness rules both scripts follow, so only the frameworks differ:
 - Same samples, encoded by the same call (mmtune.data.templates.encode), so ids and loss masks are identical.
 - Same initial weights: every side builds its model with mmtune's `build_model` and the same seed.
-- Each run is its own child process with the same thread count, so its peak RSS (ru_maxrss) is its own.
+- Each run is its own child process with the same thread count, so its peak RSS (VmHWM) is its own.
 - One way to count: real (non-padding) positions, media positions included, processed from the end of the last
   warm-up step to the end of the last timed step, divided by the wall time in between. That window holds data
   loading, forward, backward and the optimizer step of every timed step.
+- Useful FLOPs of those steps (bench/flops.py: from the model config, real positions only, the LM head where each
+  side computes it) over the same time give GFLOP/s, compared with an fp32 GEMM ceiling timed in child processes
+  before and after the runs on the same threads (the faster of the two).
 """
 from __future__ import annotations
 
@@ -29,12 +32,15 @@ from typing import Callable, Iterable
 import torch
 from PIL import Image
 
+from bench.flops import FlopModel
+
 ROOT = Path(__file__).resolve().parents[1]
 ALPACA = "samples/text/alpaca_en_demo.json"
 """Relative to the repository root, where the scripts run (and so recorded in reports without a machine's path)."""
 RESULTS = ROOT / "bench" / "results"
 IGNORE = -100
 LENGTHS = "lengths.json"
+FLOPS = "flops.json"
 BIG = 10**9
 """eval_every / save_every for mmtune runs: nothing but the final checkpoint, after the timed steps."""
 
@@ -95,6 +101,12 @@ def machine_lines(threads: int) -> list[str]:
             f"; trl {version_of('trl') or 'not installed'}"]
 
 
+def load_line(when: str) -> str:
+    """The machine's load average: other processes share the cores, so absolute figures vary from run to run."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average at the {when} (1, 5, 15 min): {one:.1f}, {five:.1f}, {fifteen:.1f}"
+
+
 def version_of(module: str) -> str | None:
     """The module's version, None when it is not importable (optional peers such as trl)."""
     try:
@@ -152,6 +164,7 @@ class Step:
     samples: int
     seconds: float
     loss: float
+    flops: float
 
 
 @dataclass
@@ -163,6 +176,7 @@ class Throughput:
     seconds: float
     first_loss: float
     last_loss: float
+    flops: float
     peak_rss_gib: float = 0.0
 
     @property
@@ -177,6 +191,14 @@ class Throughput:
     def padding(self) -> float:
         return 1 - self.real / self.positions
 
+    @property
+    def gflops_per_token(self) -> float:
+        return self.flops / self.real / 1e9
+
+    @property
+    def gflops_per_s(self) -> float:
+        return self.flops / self.seconds / 1e9
+
 
 def measure(name: str, steps: list[Step], warmup: int) -> Throughput:
     """Totals over the steps after `warmup`; the loss of step 1 and of the last step show that training ran."""
@@ -184,7 +206,8 @@ def measure(name: str, steps: list[Step], warmup: int) -> Throughput:
     if not timed:
         raise RuntimeError(f"{name}: {len(steps)} steps recorded, none after {warmup} warm-up steps")
     return Throughput(name, sum(s.real for s in timed), sum(s.positions for s in timed),
-                      sum(s.samples for s in timed), sum(s.seconds for s in timed), steps[0].loss, steps[-1].loss)
+                      sum(s.samples for s in timed), sum(s.seconds for s in timed), steps[0].loss, steps[-1].loss,
+                      sum(s.flops for s in timed))
 
 
 # ---------------------------------------------------------------- the Hugging Face side
@@ -251,11 +274,13 @@ def training_args(cls, out_dir: Path, args: argparse.Namespace, **extra):
                data_seed=args.seed, remove_unused_columns=False, disable_tqdm=True, **extra)
 
 
-def run_hf(trainer_cls, **trainer_kwargs) -> list[Step]:
-    """Train with `trainer_cls` (Trainer, SFTTrainer...) and return one Step per optimizer step."""
+def run_hf(trainer_cls, workdir: Path, **trainer_kwargs) -> list[Step]:
+    """Train with `trainer_cls` (Trainer, SFTTrainer...) and return one Step per optimizer step (its useful FLOPs
+    from the parent's WORKDIR/flops.json)."""
     from transformers import TrainerCallback
 
     clock: dict[str, list] = {"ends": [], "batches": [], "losses": []}
+    flops = FlopModel.load(workdir / FLOPS)
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *args, **kwargs):
@@ -270,23 +295,29 @@ def run_hf(trainer_cls, **trainer_kwargs) -> list[Step]:
 
     class Counted(trainer_cls):
         def training_step(self, model, inputs, *args, **kwargs):
-            clock["batches"].append(batch_counts(inputs))
+            clock["batches"].append(batch_counts(inputs, flops))
             return super().training_step(model, inputs, *args, **kwargs)
 
     Counted(callbacks=[Clock()], **trainer_kwargs).train()
     ends = clock["ends"]
-    return [Step(*clock["batches"][i], seconds=ends[i + 1] - ends[i], loss=clock["losses"][i])
-            for i in range(len(ends) - 1)]
+    return [Step(real, positions, samples, ends[i + 1] - ends[i], clock["losses"][i], flops)
+            for i, (real, positions, samples, flops) in enumerate(clock["batches"][:len(ends) - 1])]
 
 
-def batch_counts(inputs: dict) -> tuple[int, int, int]:
-    """(real positions, all positions, samples) of a Trainer batch: padded rows carry an attention mask; padding-free
-    rows (TRL packing) carry position ids restarting at 0 for every sample and no padding."""
+def batch_counts(inputs: dict, flops: FlopModel) -> tuple[int, int, int, float]:
+    """(real positions, all positions, samples, useful FLOPs) of a Trainer batch: padded rows carry an attention
+    mask; padding-free rows (TRL packing) carry position ids restarting at 0 for every sample and no padding. The
+    model computes its LM head at every position; images add their tower and projector FLOPs."""
     if "attention_mask" in inputs:
-        mask = inputs["attention_mask"]
-        return int(mask.sum()), mask.numel(), mask.shape[0]
-    ids = inputs["input_ids"]
-    return ids.numel(), ids.numel(), int((inputs["position_ids"] == 0).sum())
+        lengths = inputs["attention_mask"].sum(1).tolist()
+        positions = inputs["attention_mask"].numel()
+    else:
+        starts = (inputs["position_ids"].flatten() == 0).nonzero().flatten().tolist()
+        positions = inputs["input_ids"].numel()
+        lengths = [b - a for a, b in zip(starts, starts[1:] + [positions])]
+    images = len(inputs["pixel_values"]) if "pixel_values" in inputs else 0
+    useful = sum(flops.sample(n, n) for n in lengths) + images * flops.image
+    return sum(lengths), positions, len(lengths), useful
 
 
 def fixed_batch_losses(cfg, model, tokenizer, peer, samples: list, peer_items: list[dict]) -> tuple[float, float]:
@@ -318,19 +349,33 @@ def build_mmtune_model(overrides: list[str]):
     return (cfg, *build_model(cfg))
 
 
-def mmtune_overrides(args: argparse.Namespace, shards: list[str], out_dir: Path, packing: bool) -> list[str]:
-    """The mmtune settings matching training_args: same batch, steps, lr, clipping, precision and seed."""
+MMTUNE_RUNS = {"mmtune": "mmtune", "mmtune-packed": "mmtune packed",
+               "mmtune-packed-ckpt": "mmtune packed + act. ckpt"}
+"""The mmtune configurations both benchmarks run: kind -> label."""
+
+
+def mmtune_overrides(args: argparse.Namespace, shards: list[str], out_dir: Path, kind: str = "mmtune") -> list[str]:
+    """The mmtune settings matching training_args (same batch, steps, lr, clipping, precision and seed) for a kind
+    of MMTUNE_RUNS: packing for `-packed`, activation checkpointing for `-ckpt`."""
+    packing, checkpointing = "-packed" in kind, kind.endswith("-ckpt")
     return [f"model.llm={args.model}", f"data.train=[{','.join(shards)}]", "data.template=chatml",
             f"data.max_len={args.max_len}", f"data.packing={str(packing).lower()}", "data.num_workers=0",
+            f"train.activation_checkpointing={str(checkpointing).lower()}",
             f"train.batch_size={args.batch_size}", f"train.steps={args.warmup_steps + args.steps}",
             f"train.lr={args.lr}", "train.warmup=10", "train.weight_decay=0.0", "train.clip=1.0",
             "train.precision=fp32", f"train.seed={args.seed}", "train.log_every=1", f"train.eval_every={BIG}",
             f"train.save_every={BIG}", f"train.out_dir={out_dir}", "tuning.llm=full"]
 
 
-def write_lengths(workdir: Path, encoded: list) -> None:
-    """Encoded length of every sample id, for run_mmtune; written by the parent before any run."""
-    (workdir / LENGTHS).write_text(json.dumps({s.id: len(e.input_ids) for s, e in encoded}))
+def write_lengths(workdir: Path, encoded: list, flops: FlopModel) -> None:
+    """For run_mmtune, written by the parent before any run: each sample id's encoded length, supervised next-token
+    targets (where mmtune's sparse head runs) and media items; and the FLOPs model every run counts with."""
+    def supervised(labels: list[int]) -> int:
+        return sum(label != IGNORE for label in labels[1:])
+
+    (workdir / LENGTHS).write_text(json.dumps({s.id: [len(e.input_ids), supervised(e.labels), len(s.media)]
+                                               for s, e in encoded}))
+    flops.save(workdir / FLOPS)
 
 
 def run_mmtune(overrides: list[str], workdir: Path) -> list[Step]:
@@ -338,7 +383,8 @@ def run_mmtune(overrides: list[str], workdir: Path) -> list[Step]:
 
     metrics.jsonl gives each step's loss, padding fraction and real tokens/s (tokens over the time since the
     previous step's log); samples.jsonl gives each step's sample ids, whose encoded lengths (write_lengths) sum to
-    the step's real tokens. So seconds = real / tokens_per_s and positions = real / (1 - padding).
+    the step's real tokens. So seconds = real / tokens_per_s and positions = real / (1 - padding). The LM head runs
+    at supervised positions only.
     """
     import mmtune
 
@@ -349,11 +395,14 @@ def run_mmtune(overrides: list[str], workdir: Path) -> list[Step]:
     metrics = {r["step"]: r for r in _jsonl(run_dir / "metrics.jsonl") if "tokens_per_s" in r}
     order = {r["step"]: r["ids"] for r in _jsonl(run_dir / "samples.jsonl")}
     lengths = json.loads((workdir / LENGTHS).read_text())
+    flops = FlopModel.load(workdir / FLOPS)
     steps = []
     for step in sorted(metrics):
-        m, real = metrics[step], sum(lengths[i] for i in order[step])
-        steps.append(Step(real, round(real / (1 - m["padding"])), len(order[step]), real / m["tokens_per_s"],
-                          m["loss"]))
+        m, samples = metrics[step], [lengths[i] for i in order[step]]
+        real = sum(n for n, _, _ in samples)
+        useful = sum(flops.sample(n, supervised) + images * flops.image for n, supervised, images in samples)
+        steps.append(Step(real, round(real / (1 - m["padding"])), len(samples), real / m["tokens_per_s"], m["loss"],
+                          useful))
     return steps
 
 
@@ -397,6 +446,7 @@ def compare(script: str, args: argparse.Namespace, labels: dict[str, str], workd
     WORKDIR/KIND-ATTEMPT.json; with --resume an attempt that already has one is not run again."""
     best: dict[str, Throughput] = {}
     kinds = list(labels)
+    gemm_child(args, workdir, "before")
     for attempt in range(1, args.repeats + 1):
         for kind in kinds if attempt % 2 else kinds[::-1]:
             saved = workdir / f"{kind}-{attempt}.json"
@@ -410,13 +460,42 @@ def compare(script: str, args: argparse.Namespace, labels: dict[str, str], workd
             report.say(f"- {labels[kind]}, attempt {attempt}: {row.tokens_per_s:,.0f} real tokens/s ({how})")
             if kind not in best or row.tokens_per_s > best[kind].tokens_per_s:
                 best[kind] = row
+    gemm_child(args, workdir, "after")
     return [best[k] for k in kinds]
 
 
+def gemm_child(args: argparse.Namespace, workdir: Path, when: str) -> None:
+    """Time the GEMM ceiling (bench/flops.py) in a child on the runs' threads: WORKDIR/gemm-WHEN.json."""
+    saved = workdir / f"gemm-{when}.json"
+    if args.resume and saved.exists():
+        return
+    shapes = FlopModel.load(workdir / FLOPS).gemm_shapes(args.batch_size * args.max_len)
+    command = [sys.executable, "-m", "bench.flops", "--threads", str(args.threads), "--out", str(saved),
+               "--shapes", ",".join("x".join(map(str, s)) for s in shapes)]
+    subprocess.run(command, cwd=ROOT, check=True, env=child_env(thread_env(args.threads)))
+
+
+def gemm_ceiling(workdir: Path) -> tuple[float, str]:
+    """(ceiling GFLOP/s, how it was measured): the fastest shape of the before and after measurements."""
+    measured = {when: json.loads((workdir / f"gemm-{when}.json").read_text()) for when in ("before", "after")}
+    ceiling = max(max(m.values()) for m in measured.values())
+    detail = "; ".join(f"{when}: " + ", ".join(f"{shape} {g:.1f}" for shape, g in m.items())
+                       for when, m in measured.items())
+    return ceiling, f"fp32 GEMM ceiling {ceiling:.0f} GFLOP/s (best of 5 per shape, GFLOP/s {detail})"
+
+
 def write_child_result(workdir: Path, kind: str, result: Throughput) -> None:
-    """Called last in a child: the measured totals plus this process's peak RSS (Linux reports kB)."""
-    result.peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """Called last in a child: the measured totals plus this process's peak RSS."""
+    result.peak_rss_gib = peak_rss_kib() / 2**20
     (workdir / f"{kind}.json").write_text(json.dumps(asdict(result)))
+
+
+def peak_rss_kib() -> int:
+    """VmHWM: this program's own peak (ru_maxrss also counts the parent's pages the child had before exec)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 # ---------------------------------------------------------------- report
@@ -438,15 +517,18 @@ class Report:
         print(f"report written to {self.path}")
 
 
-def table(rows: list[Throughput], baseline: str) -> list[str]:
-    """Markdown table of the runs; the ratio column divides real tokens/s by the `baseline` row's."""
-    base = next(r for r in rows if r.name == baseline).tokens_per_s
-    out = [f"| run | real tokens/s | samples/s | padding | peak RSS | loss step 1 -> last | vs {baseline} |",
-           "|---|---|---|---|---|---|---|"]
+def table(rows: list[Throughput], baseline: str, ceiling: float) -> list[str]:
+    """Markdown table of the runs; the ratio columns divide real tokens/s and peak RSS by the `baseline` row's,
+    the last one useful GFLOP/s by the GEMM `ceiling`."""
+    base = next(r for r in rows if r.name == baseline)
+    out = [f"| run | real tokens/s | samples/s | padding | peak RSS | loss step 1 -> last | vs {baseline} | "
+           "RSS vs it | GFLOP/token | GFLOP/s | of GEMM ceiling |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r.name} | {r.tokens_per_s:,.0f} | {r.samples_per_s:.2f} | {r.padding:.1%} | "
                    f"{r.peak_rss_gib:.2f} GiB | {r.first_loss:.3f} -> {r.last_loss:.3f} | "
-                   f"{r.tokens_per_s / base:.2f}x |")
+                   f"{r.tokens_per_s / base.tokens_per_s:.2f}x | {r.peak_rss_gib / base.peak_rss_gib:.2f}x | "
+                   f"{r.gflops_per_token:.3f} | {r.gflops_per_s:.1f} | {r.gflops_per_s / ceiling:.0%} |")
     return out
 
 
@@ -499,15 +581,18 @@ def run_parent(bench: Bench, args: argparse.Namespace, kinds: list[str], notes: 
     report = Report(results_path(args, bench.report_name(args)))
     report.say(f"# {bench.title}")
     report.say()
-    for line in [*machine_lines(args.threads), *config_lines(args, bench.config), *notes]:
+    for line in [*machine_lines(args.threads), *config_lines(args, bench.config), *notes, load_line("start")]:
         report.say(line)
     check_same_settings(args, workdir)
     if not (args.resume and bench.prepared(workdir)):
         bench.prepare(args, workdir)
     report.say(f"loss check: {bench.loss_check(args, workdir)}")
     rows = compare(bench.script, args, {k: bench.runs[k] for k in kinds}, workdir, report)
+    ceiling, how = gemm_ceiling(workdir)
+    report.say(how)
+    report.say(load_line("end"))
     report.say()
-    for line in table(rows, bench.runs[bench.baseline] if bench.baseline in kinds else rows[0].name):
+    for line in table(rows, bench.runs[bench.baseline] if bench.baseline in kinds else rows[0].name, ceiling):
         report.say(line)
     report.save()
     if temporary:

@@ -8,6 +8,11 @@ SFTTrainer (unpacked and packed) when `trl` is importable. Run from the reposito
 Every side trains the same model (built by mmtune's build_model with one seed) on the Alpaca demo records, encoded
 once by mmtune's ChatML template with loss on assistant tokens only, batch 8, max length 512, fp32, AdamW. Before
 the runs, both models score one identical batch, and the two losses are printed: they must agree.
+
+Useful FLOPs per sample of L real positions (bench/flops.py): 6 N L + 6 layers (heads x head_dim) L (L+1)
++ 6 hidden vocabulary S, N the decoder's linear weights, S the positions the LM head runs at (supervised ones for
+mmtune, all L for the Trainer and TRL); reported per real token, per second and as a fraction of an fp32 GEMM
+ceiling timed before and after the runs on the same threads.
 """
 from __future__ import annotations
 
@@ -16,17 +21,17 @@ import copy
 from pathlib import Path
 
 from bench.common import (Bench, alpaca_shards, build_mmtune_model, encode_all, ExampleDataset, fixed_batch_losses,
-                          hf_examples, load_samples, measure, mmtune_overrides, PadCollator, parse_args, run_hf,
-                          run_mmtune, run_parent, set_threads, shards_of, training_args, version_of,
+                          hf_examples, load_samples, measure, MMTUNE_RUNS, mmtune_overrides, PadCollator, parse_args,
+                          run_hf, run_mmtune, run_parent, set_threads, shards_of, training_args, version_of,
                           write_child_result, write_lengths)
+from bench.flops import FlopModel
 
 TEMPLATE = "chatml"
 RUNS = {
     "trainer": "transformers Trainer",
     "trl": "TRL SFTTrainer",
     "trl-packed": "TRL SFTTrainer packed",
-    "mmtune": "mmtune",
-    "mmtune-packed": "mmtune packed",
+    **MMTUNE_RUNS,
 }
 BASELINE = "trainer"
 
@@ -38,7 +43,7 @@ def parse() -> argparse.Namespace:
 def peer_and_data(args: argparse.Namespace, workdir: Path):
     """(mmtune config, mmtune model, the Hugging Face model it wraps, tokenizer, encoded samples)."""
     shards = shards_of(workdir)
-    cfg, model, tokenizer = build_mmtune_model(mmtune_overrides(args, shards, workdir / "check", packing=False))
+    cfg, model, tokenizer = build_mmtune_model(mmtune_overrides(args, shards, workdir / "check"))
     encoded = encode_all(load_samples(shards), tokenizer, TEMPLATE, args.max_len)
     return cfg, model, model.llm, tokenizer, encoded
 
@@ -50,7 +55,7 @@ def run_trainer(args: argparse.Namespace, workdir: Path):
     from transformers import Trainer, TrainingArguments
 
     _, _, peer, tokenizer, encoded = peer_and_data(args, workdir)
-    return run_hf(Trainer, model=peer, args=training_args(TrainingArguments, workdir / "trainer", args),
+    return run_hf(Trainer, workdir, model=peer, args=training_args(TrainingArguments, workdir / "trainer", args),
                   train_dataset=ExampleDataset(hf_examples(encoded)), data_collator=PadCollator(tokenizer),
                   processing_class=tokenizer)
 
@@ -64,12 +69,12 @@ def run_trl(args: argparse.Namespace, workdir: Path, packing: bool):
     rows = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in hf_examples(encoded)]
     config = training_args(SFTConfig, workdir / f"trl-{packing}", args, max_length=args.max_len, packing=packing,
                            bf16=False, activation_checkpointing=False)  # SFTConfig defaults both to True
-    return run_hf(SFTTrainer, model=peer, args=config, train_dataset=Dataset.from_list(rows),
+    return run_hf(SFTTrainer, workdir, model=peer, args=config, train_dataset=Dataset.from_list(rows),
                   processing_class=tokenizer)
 
 
-def run_ours(args: argparse.Namespace, workdir: Path, packing: bool):
-    return run_mmtune(mmtune_overrides(args, shards_of(workdir), workdir / f"mmtune-{packing}", packing), workdir)
+def run_ours(args: argparse.Namespace, workdir: Path, kind: str):
+    return run_mmtune(mmtune_overrides(args, shards_of(workdir), workdir / kind, kind), workdir)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -81,7 +86,7 @@ def child(args: argparse.Namespace) -> None:
     elif kind.startswith("trl"):
         steps = run_trl(args, workdir, packing=kind.endswith("packed"))
     else:
-        steps = run_ours(args, workdir, packing=kind.endswith("packed"))
+        steps = run_ours(args, workdir, kind)
     write_child_result(workdir, kind, measure(RUNS[kind], steps, args.warmup_steps))
 
 
@@ -91,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
 def loss_check(args: argparse.Namespace, workdir: Path) -> str:
     """Both losses on one batch; also writes the sample lengths the mmtune runs are measured with."""
     cfg, model, peer, tokenizer, encoded = peer_and_data(args, workdir)
-    write_lengths(workdir, encoded)
+    write_lengths(workdir, encoded, FlopModel.of_llm(model.llm.config))
     batch = encoded[:args.batch_size]
     ours, theirs = fixed_batch_losses(cfg, model, tokenizer, copy.deepcopy(peer), [s for s, _ in batch],
                                       hf_examples(batch))

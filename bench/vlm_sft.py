@@ -11,6 +11,9 @@ open_clip architecture `--arch`, saved once as a Hugging Face directory that bot
 `hf_clip` encoder), the penultimate layer's patch tokens (LLaVA's choice), mlp2x_gelu, and the LLM; the tower is
 frozen, the projector and the LLM train. The peer's `<image>` token is expanded to one position per patch token,
 as LlavaProcessor does, so both sides see the same sequences.
+
+Useful FLOPs are text_sft.py's (bench/flops.py) plus, per image, the frozen tower's forward up to the layer used and
+the projector's training: 2 N_tower P + 4 layers_used width P^2 + 6 N_bridge M (P patches + CLS, M LLM positions).
 """
 from __future__ import annotations
 
@@ -24,15 +27,16 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench.common import (Bench, alpaca_shards, build_mmtune_model, encode_all, ExampleDataset, fixed_batch_losses,
-                          hf_examples, load_samples, measure, mmtune_overrides, PadCollator, parse_args, run_hf,
-                          run_mmtune, run_parent, set_threads, shards_of, training_args, write_child_result,
+                          hf_examples, load_samples, measure, MMTUNE_RUNS, mmtune_overrides, PadCollator, parse_args,
+                          run_hf, run_mmtune, run_parent, set_threads, shards_of, training_args, write_child_result,
                           write_lengths)
+from bench.flops import FlopModel, image_flops
 
 TEMPLATE = "chatml"
 LAYER = -2
 """Vision layer fed to the projector, as in LLaVA-1.5: the penultimate block, patch tokens only (CLS dropped)."""
 IMAGE_TOKEN = "<image>"
-RUNS = {"llava": "Llava + Trainer", "mmtune": "mmtune", "mmtune-packed": "mmtune packed"}
+RUNS = {"llava": "Llava + Trainer", **MMTUNE_RUNS}
 BASELINE = "llava"
 
 
@@ -105,8 +109,8 @@ def prepare(args: argparse.Namespace, workdir: Path) -> None:
     save_clip_tower(args.arch, workdir / "clip", args.seed)
 
 
-def overrides(args: argparse.Namespace, workdir: Path, out_dir: Path, packing: bool) -> list[str]:
-    return mmtune_overrides(args, shards_of(workdir), out_dir, packing) + [
+def overrides(args: argparse.Namespace, workdir: Path, out_dir: Path, kind: str = "mmtune") -> list[str]:
+    return mmtune_overrides(args, shards_of(workdir), out_dir, kind) + [
         "model.media.image.encoder.name=hf_clip", f"model.media.image.encoder.args.path={workdir / 'clip'}",
         f"model.media.image.encoder.args.layer={LAYER}", "model.media.image.encoder.args.tokens=patch",
         "model.media.image.bridge.name=mlp2x_gelu", "tuning.encoder=frozen", "tuning.bridge=full"]
@@ -151,7 +155,7 @@ def peer_and_data(args: argparse.Namespace, workdir: Path):
     """(mmtune config, mmtune model, mmtune tokenizer, Llava peer, peer dataset, encoded samples)."""
     from transformers import AutoImageProcessor
 
-    cfg, model, tokenizer = build_mmtune_model(overrides(args, workdir, workdir / "check", packing=False))
+    cfg, model, tokenizer = build_mmtune_model(overrides(args, workdir, workdir / "check"))
     peer, _, image_id = llava_peer(model, tokenizer, workdir / "clip")
     shards = cfg.data.train
     encoded = encode_all(load_samples(shards), tokenizer, TEMPLATE, args.max_len, model.media_tokens)
@@ -167,7 +171,7 @@ def run_llava(args: argparse.Namespace, workdir: Path):
 
     _, model, tokenizer, peer, dataset, _ = peer_and_data(args, workdir)
     del model  # the peer holds copies of its weights
-    return run_hf(Trainer, model=peer, args=training_args(TrainingArguments, workdir / "llava", args),
+    return run_hf(Trainer, workdir, model=peer, args=training_args(TrainingArguments, workdir / "llava", args),
                   train_dataset=dataset, data_collator=PadCollator(tokenizer), processing_class=tokenizer)
 
 
@@ -177,8 +181,7 @@ def child(args: argparse.Namespace) -> None:
     if kind == "llava":
         steps = run_llava(args, workdir)
     else:
-        packing = kind.endswith("packed")
-        steps = run_mmtune(overrides(args, workdir, workdir / f"mmtune-{packing}", packing), workdir)
+        steps = run_mmtune(overrides(args, workdir, workdir / kind, kind), workdir)
     write_child_result(workdir, kind, measure(RUNS[kind], steps, args.warmup_steps))
 
 
@@ -188,13 +191,24 @@ def child(args: argparse.Namespace) -> None:
 def loss_check(args: argparse.Namespace, workdir: Path) -> str:
     """Both losses on one batch; also writes the sample lengths the mmtune runs are measured with."""
     cfg, model, tokenizer, peer, dataset, encoded = peer_and_data(args, workdir)
-    write_lengths(workdir, encoded)
+    write_lengths(workdir, encoded, flop_model(model, workdir))
     n = args.batch_size
     ours, theirs = fixed_batch_losses(cfg, model, tokenizer, peer, [s for s, _ in encoded[:n]],
                                       [dataset[i] for i in range(n)])
     return (f"same batch of {n} image chats, same initial weights: mmtune loss {ours:.6f}, Llava loss "
             f"{theirs:.6f}, |difference| {abs(ours - theirs):.2e} (the peer's extra <image> class accounts for "
             f"~{1 / len(tokenizer):.0e}); {model.media_tokens['image']} positions per image")
+
+
+def flop_model(model, workdir: Path) -> FlopModel:
+    """The LLM's FLOPs plus, per image, the frozen tower up to LAYER and the trained projector."""
+    from transformers import CLIPVisionConfig
+
+    flops = FlopModel.of_llm(model.llm.config)
+    bridge = sum(p.numel() for p in model.media["image"].bridge.parameters() if p.dim() == 2)
+    flops.image = image_flops(CLIPVisionConfig.from_pretrained(workdir / "clip"), LAYER, bridge,
+                              model.media_tokens["image"])
+    return flops
 
 
 BENCH = Bench(script="vlm_sft",

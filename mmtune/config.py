@@ -277,7 +277,8 @@ class TrainConfig:
     docs/distributed.md. batch_size is per process: the global batch is batch_size x grad_accum x processes."""
     activation_checkpointing: bool = False
     """Keep only each LLM layer's input (and a trained encoder's blocks') and recompute the rest in the backward
-    pass: same loss and gradients, far less activation memory, about a third more compute per step."""
+    pass: same loss and gradients, far less activation memory, about a third more compute per step. Also returns
+    freed tensors' memory to the system at once (glibc; ~10% more CPU time, far less resident memory)."""
 
     def __post_init__(self):
         if self.epochs < 0:

@@ -6,7 +6,8 @@ which writes them over the sentinels (splice) or makes them what cross-attention
 of images, videos and point clouds can sit anywhere in any turn and the LLM's vocabulary never changes. Labels at
 those positions are already -100 (templates). The forward pass returns logits only where a label is supervised
 (sparse LM head): the same loss, without paying the vocabulary-sized projection and a float32 [B, T, V] tensor for
-prompt, media and padding positions.
+prompt, media and padding positions; a plain linear head is left to the loss, which applies it a chunk of rows at
+a time.
 """
 from __future__ import annotations
 
@@ -15,23 +16,45 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmtune.data.packing import next_token_targets
 from mmtune.data.templates import IGNORE, MEDIA_TOKEN_IDS
 from mmtune.errors import DataError
 from mmtune.models.fusion import Fusion, Splice
+from mmtune.models.head_loss import fusable, head_loss_sum, head_token_losses
 from mmtune.models.llm import is_seq2seq, llm_parts
+from mmtune.models.segment_attention import segment_boundaries, use_segment_attention
 
 
 @dataclass
 class Scored:
-    logits: torch.Tensor
-    """[K, V] logits at the K supervised positions."""
+    states: torch.Tensor
+    """At the K supervised positions: [K, H] last hidden states when `head` is set (the loss applies it a chunk of
+    rows at a time, head_loss.py), else [K, V] logits."""
     targets: torch.Tensor
     """[K] target ids."""
     seq: torch.Tensor
     """[K] which sample (batch["seq_ids"] numbering) each position belongs to."""
+    head: nn.Linear | None = None
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """[K, V], materialised."""
+        return self.states if self.head is None else self.head(self.states)
+
+    def loss_sum(self) -> torch.Tensor:
+        """Summed next-token cross-entropy, in fp32."""
+        if self.head is None:
+            return F.cross_entropy(self.states.float(), self.targets, reduction="sum")
+        return head_loss_sum(self.states, self.head, self.targets)
+
+    def token_losses(self) -> torch.Tensor:
+        """[K] cross-entropy per supervised position, in fp32."""
+        if self.head is None:
+            return F.cross_entropy(self.states.float(), self.targets, reduction="none")
+        return head_token_losses(self.states, self.head, self.targets)
 
 
 class MediaPart(nn.Module):
@@ -81,6 +104,8 @@ class MultimodalLM(nn.Module):
         # Scoring never reuses keys and values; a cache would be built for nothing (and activation checkpointing
         # would turn it off with a warning at every run).
         self._no_cache = {"use_cache": False} if "use_cache" in takes else {}
+        self._segments = self._takes_positions and use_segment_attention(backbone)
+        """Attention runs per sample of each row (segment_attention.py) instead of under a [B, 1, T, T] mask."""
 
     @property
     def media_tokens(self) -> dict[str, int]:
@@ -113,11 +138,14 @@ class MultimodalLM(nn.Module):
         return self.fusion(embeds, input_ids, seq_ids, features)
 
     def hidden_states(self, batch: dict, embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Last hidden states [B, T, H] of the batch's ids with media spliced in, or of `embeds` ([B, T, H], for
-        callers that write more than media over the embeddings). Packed rows get a block-diagonal causal mask (no
-        attention across samples)."""
+        """Last hidden states [B, T, H] of the batch's ids with media brought in, or of `embeds` ([B, T, H], for
+        callers that write more than media over the embeddings). No attention across samples: per sample (segment
+        attention), or packed rows get a block-diagonal causal mask."""
         seq = batch["seq_ids"]
-        if batch.get("packed"):
+        attention = {}
+        if self._segments:
+            mask, attention = None, {"cu_seq_lens_q": segment_boundaries(seq)}
+        elif batch.get("packed"):
             t = torch.arange(seq.shape[1], device=seq.device)
             same = seq[:, :, None] == seq[:, None, :]
             mask = (same & (t[:, None] >= t[None, :])) | torch.eye(seq.shape[1], dtype=torch.bool, device=seq.device)
@@ -128,7 +156,8 @@ class MultimodalLM(nn.Module):
         backbone = self._parts[0]
         if embeds is None:
             embeds = self.embed(batch["input_ids"], batch.get("media"), batch.get("media_context"), seq)
-        return backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs, **self._no_cache).last_hidden_state
+        return backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs, **attention,
+                        **self._no_cache).last_hidden_state
 
     def forward(self, batch: dict, sparse: bool = True) -> Scored:
         if self.seq2seq:
@@ -138,6 +167,8 @@ class MultimodalLM(nn.Module):
         keep = targets != IGNORE
         hidden = self.hidden_states(batch)
         head = self._parts[1]
+        if sparse and fusable(head):
+            return Scored(hidden[keep], targets[keep], seq[keep], head)
         logits = head(hidden[keep]) if sparse else head(hidden)[keep]
         return Scored(logits, targets[keep], seq[keep])
 

@@ -50,8 +50,7 @@ class Objective:
 def sft(model, batch: dict, sparse: bool = True) -> LossOut:
     """Next-token cross-entropy over supervised positions only (labels are -100 elsewhere)."""
     scored = model(batch, sparse=sparse)
-    loss_sum = F.cross_entropy(scored.logits.float(), scored.targets, reduction="sum")
-    return LossOut(loss_sum, int(scored.targets.numel()))
+    return LossOut(scored.loss_sum(), int(scored.targets.numel()))
 
 
 class SFT(Objective):
@@ -71,7 +70,7 @@ class SFT(Objective):
 def per_sample_loss(model, batch: dict) -> dict[str, float]:
     """Mean loss per sample id; used to check that packing does not change what a sample contributes."""
     scored = model(batch)
-    token_loss = F.cross_entropy(scored.logits.float(), scored.targets, reduction="none")
+    token_loss = scored.token_losses()
     out = {}
     for n, sample_id in enumerate(batch["sample_ids"]):
         mine = scored.seq == n

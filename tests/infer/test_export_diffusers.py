@@ -90,5 +90,5 @@ def test_formats_refuse_the_other_model_kind(tmp_path, editor):
         export_hf(editor.ckpt, tmp_path / "hf")
     lm = save_checkpoint(tmp_path / "lm")
     with pytest.raises(ConfigError, match=r"--format diffusers exports model\.kind=image_editor checkpoints; .* "
-                                          r"\(export it with --format hf or peft or llava\)"):
+                                          r"\(export it with --format hf or peft or llava or instructblip\)"):
         export_diffusers(lm.ckpt, tmp_path / "sd")

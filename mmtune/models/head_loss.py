@@ -8,9 +8,9 @@ loss and gradients as F.cross_entropy over the whole logits, no softmax or log-s
 backward pass, and each logit read a few times instead of written and read by four separate passes. On SmolLM2
 (K ~ 2,000 supervised tokens of 4,096, V = 49,152) each of those [K, V] fp32 tensors is ~0.4 GB.
 
-Only a head that is a plain nn.Linear over whole tensors qualifies (`fusable`); MultimodalLM calls any other (LoRA
-or modules_to_save on the head, ZeRO-3 parameters, which gather only in the head's own forward) as a module in its
-forward pass, as before.
+Only a head that is a plain nn.Linear over whole tensors qualifies (`fusable`), and only where its weight is still
+whole after the forward pass; MultimodalLM calls any other (LoRA or modules_to_save on the head; FSDP2 and ZeRO-3,
+which gather sharded weights only inside the forward, `head_whole_after_forward`) as a module in its forward pass.
 """
 from __future__ import annotations
 

@@ -96,6 +96,10 @@ class MultimodalLM(nn.Module):
         """Run every kind's encoder and bridge on a blank item when a batch has none of that kind (set by
         distributed engines: every rank must use the same parameters in each step, or sharded collectives and
         DDP's gradient buckets hang)."""
+        self.head_whole_after_forward = True
+        """The LM head's weight is still whole when the loss is taken after the forward pass, so the loss may apply
+        the head a chunk at a time (head_loss.py). Engines that gather sharded weights only inside the forward
+        (FSDP2, ZeRO-3) set it False: the head then runs inside the forward, as a module."""
         # A tuple, not attributes: the parts are already registered under `llm` and must not be twice.
         self._parts = llm_parts(llm) if not self.seq2seq else (None, None)
         backbone = self._parts[0]
@@ -167,7 +171,7 @@ class MultimodalLM(nn.Module):
         keep = targets != IGNORE
         hidden = self.hidden_states(batch)
         head = self._parts[1]
-        if sparse and fusable(head):
+        if sparse and self.head_whole_after_forward and fusable(head):
             return Scored(hidden[keep], targets[keep], seq[keep], head)
         logits = head(hidden[keep]) if sparse else head(hidden)[keep]
         return Scored(logits, targets[keep], seq[keep])

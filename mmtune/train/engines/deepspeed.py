@@ -66,6 +66,7 @@ class DeepSpeedEngine(Engine):
         model.media_pass_always = True
         self.optimizer = make_optimizer(trainable(model))  # the schedule drives its param groups under ZeRO too
         self.ds, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=self.ds_config())
+        model.head_whole_after_forward = self.stage < 3
         return self.ds
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -31,6 +31,7 @@ class FSDPEngine(Engine):
 
         model.to(self.device)
         model.media_pass_always = True
+        model.head_whole_after_forward = False
         options = {"reshard_after_forward": bool(self.args.get("reshard_after_forward", True))}
         if self.args.get("cpu_offload"):
             options["offload_policy"] = CPUOffloadPolicy()

@@ -25,7 +25,6 @@ from mmtune.errors import DataError
 from mmtune.models.fusion import Fusion, Splice
 from mmtune.models.head_loss import fusable, head_loss_sum, head_token_losses
 from mmtune.models.llm import is_seq2seq, llm_parts
-from mmtune.models.segment_attention import segment_boundaries, use_segment_attention
 
 
 @dataclass
@@ -108,8 +107,6 @@ class MultimodalLM(nn.Module):
         # Scoring never reuses keys and values; a cache would be built for nothing (and activation checkpointing
         # would turn it off with a warning at every run).
         self._no_cache = {"use_cache": False} if "use_cache" in takes else {}
-        self._segments = self._takes_positions and use_segment_attention(backbone)
-        """Attention runs per sample of each row (segment_attention.py) instead of under a [B, 1, T, T] mask."""
 
     @property
     def media_tokens(self) -> dict[str, int]:
@@ -143,13 +140,10 @@ class MultimodalLM(nn.Module):
 
     def hidden_states(self, batch: dict, embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Last hidden states [B, T, H] of the batch's ids with media brought in, or of `embeds` ([B, T, H], for
-        callers that write more than media over the embeddings). No attention across samples: per sample (segment
-        attention), or packed rows get a block-diagonal causal mask."""
+        callers that write more than media over the embeddings). Packed rows get a block-diagonal causal mask (no
+        attention across samples)."""
         seq = batch["seq_ids"]
-        attention = {}
-        if self._segments:
-            mask, attention = None, {"cu_seq_lens_q": segment_boundaries(seq)}
-        elif batch.get("packed"):
+        if batch.get("packed"):
             t = torch.arange(seq.shape[1], device=seq.device)
             same = seq[:, :, None] == seq[:, None, :]
             mask = (same & (t[:, None] >= t[None, :])) | torch.eye(seq.shape[1], dtype=torch.bool, device=seq.device)
@@ -160,8 +154,7 @@ class MultimodalLM(nn.Module):
         backbone = self._parts[0]
         if embeds is None:
             embeds = self.embed(batch["input_ids"], batch.get("media"), batch.get("media_context"), seq)
-        return backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs, **attention,
-                        **self._no_cache).last_hidden_state
+        return backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs, **self._no_cache).last_hidden_state
 
     def forward(self, batch: dict, sparse: bool = True) -> Scored:
         if self.seq2seq:

@@ -94,7 +94,8 @@ class Engine:
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        if loss.requires_grad:  # else the batch used no trainable weight (text only, frozen LLM): no gradient
+            loss.backward()
 
     def clip_grad_norm(self, max_norm: float) -> float:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]

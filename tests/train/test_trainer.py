@@ -192,3 +192,15 @@ def test_multimodal_packed_run_and_checkpoint_reload(tmp_path, fusion):
     out = generate(model, tok, loaded_cfg, [[Message("user", "<image>\nwhat is it?")]],
                    [[Image.new("RGB", (40, 30), "red")]], max_new_tokens=4)
     assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_text_only_batches_with_a_frozen_llm_step_without_gradients(tmp_path):
+    """LLaVA stage 1 on mixed data: a batch without images touches no trainable weight (frozen LLM and encoder);
+    it is a step with no gradient, not a crash."""
+    shards = write_text_shards(tmp_path / "d", 8)
+    cfg = tiny_config(tmp_path / "run", shards, *VLM, "tuning.llm=frozen", "tuning.encoder=frozen",
+                      "train.steps=2", "train.log_every=1")
+    summary = mmtune.finetune(cfg)
+    assert summary["step"] == 2
+    losses = [r["loss"] for r in _metrics(tmp_path / "run") if "loss" in r]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))

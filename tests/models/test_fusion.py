@@ -94,7 +94,8 @@ def test_text_before_any_media_gets_nothing_from_the_blocks():
 
 def test_each_position_attends_to_the_latest_item_only():
     """The input of the first decoder layer, right after the first block: image 1 reaches the positions from its
-    marker up to image 2's, and none after."""
+    marker (the marker itself included, as in OpenFlamingo: it is how later text learns of an earlier image) up to
+    image 2's, and none after."""
     model, tok = _model()
     _open_gates(model)
     seen = []
@@ -108,6 +109,7 @@ def test_each_position_attends_to_the_latest_item_only():
     assert torch.equal(seen[0][second:], seen[1][second:])
     assert torch.equal(seen[0][:first], seen[1][:first])
     assert not torch.allclose(seen[0][first:second], seen[1][first:second])
+    assert not torch.allclose(seen[0][first], seen[1][first])
 
 
 def test_generation_keeps_the_prompt_media_in_view_with_and_without_kv_cache():

@@ -33,14 +33,20 @@ ENCODER = "model.encoder={name: clip, args: {arch: mmtune-vit-tiny}}"
 MLP = "model.bridge={name: mlp2x_gelu}"
 
 
+def tiny_vit_variant(tmp_path_factory, name: str, change) -> str:
+    """mmtune-vit-tiny's open_clip config after `change(spec)`, registered with open_clip as `name`."""
+    spec = json.loads((MODEL_CONFIGS / "mmtune-vit-tiny.json").read_text())
+    change(spec)
+    folder = tmp_path_factory.mktemp(name)
+    (folder / f"{name}.json").write_text(json.dumps(spec))
+    open_clip.add_model_config(folder)
+    return name
+
+
 @pytest.fixture(scope="module")
 def quickgelu_arch(tmp_path_factory) -> str:
-    """mmtune-vit-tiny with OpenAI's QuickGELU activation, registered with open_clip under a new name."""
-    spec = json.loads((MODEL_CONFIGS / "mmtune-vit-tiny.json").read_text()) | {"quick_gelu": True}
-    folder = tmp_path_factory.mktemp("open_clip_configs")
-    (folder / "mmtune-test-vit-quickgelu.json").write_text(json.dumps(spec))
-    open_clip.add_model_config(folder)
-    return "mmtune-test-vit-quickgelu"
+    """mmtune-vit-tiny with OpenAI's QuickGELU activation."""
+    return tiny_vit_variant(tmp_path_factory, "mmtune-test-vit-quickgelu", lambda spec: spec.update(quick_gelu=True))
 
 
 @dataclass
@@ -336,12 +342,8 @@ QFORMER = "model.bridge={name: qformer, args: {init: '', layers: 3, width: 32, h
 @pytest.fixture(scope="module")
 def no_ln_pre_arch(tmp_path_factory) -> str:
     """mmtune-vit-tiny without the norm before its first block (InstructBLIP's vision tower has none)."""
-    spec = json.loads((MODEL_CONFIGS / "mmtune-vit-tiny.json").read_text())
-    spec["vision_cfg"]["no_ln_pre"] = True
-    folder = tmp_path_factory.mktemp("open_clip_no_ln_pre")
-    (folder / "mmtune-test-vit-no-ln-pre.json").write_text(json.dumps(spec))
-    open_clip.add_model_config(folder)
-    return "mmtune-test-vit-no-ln-pre"
+    return tiny_vit_variant(tmp_path_factory, "mmtune-test-vit-no-ln-pre",
+                            lambda spec: spec["vision_cfg"].update(no_ln_pre=True))
 
 
 @dataclass

@@ -123,7 +123,7 @@ def llava_peer(model, tokenizer, clip_dir: Path):
     """(LlavaForConditionalGeneration, its tokenizer, `<image>` id) holding the weights of mmtune's `model`: the
     tower read from `clip_dir`, the projector copied from the bridge, the LLM copied with one more vocabulary row
     for the added `<image>` token (zeros: as an output class it then adds exp(0) to every softmax, a loss change
-    of about 1/vocabulary)."""
+    of 1/sum(exp(logits)) per token: about 1/vocabulary for logits near 0, as a fresh model's)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlavaConfig, LlavaForConditionalGeneration
 
     peer_tokenizer = copy.deepcopy(tokenizer)
@@ -196,8 +196,9 @@ def loss_check(args: argparse.Namespace, workdir: Path) -> str:
     ours, theirs = fixed_batch_losses(cfg, model, tokenizer, peer, [s for s, _ in encoded[:n]],
                                       [dataset[i] for i in range(n)])
     return (f"same batch of {n} image chats, same initial weights: mmtune loss {ours:.6f}, Llava loss "
-            f"{theirs:.6f}, |difference| {abs(ours - theirs):.2e} (the peer's extra <image> class accounts for "
-            f"~{1 / len(tokenizer):.0e}); {model.media_tokens['image']} positions per image")
+            f"{theirs:.6f}, |difference| {abs(ours - theirs):.2e} (the peer's extra <image> output class, a zero "
+            f"row, adds exp(0) to every softmax: ~{1 / len(tokenizer):.0e} for logits near 0, more for a trained "
+            f"LLM's); {model.media_tokens['image']} positions per image")
 
 
 def flop_model(model, workdir: Path) -> FlopModel:

@@ -28,6 +28,9 @@ class DemoTask:
     write: Callable[[Path, argparse.Namespace, object], dict]
     train_samples: int
     about: str
+    single_turn: bool = False
+    """Train on one question a sample, as if `--single-turn` were given: a bridge that reads its item's instruction
+    reads the turn its placeholder sits in, so in a multi-turn chat it would serve every later question blind."""
 
 
 def _write_image(out: Path, args, cfg) -> dict:
@@ -56,6 +59,8 @@ EDIT_TRAIN_SAMPLES = 4000
 """`--task edit` (mmtune/edit_demo.py, its own loop: an image editor is scored by PSNR, not answers)."""
 TASKS: dict[str, DemoTask] = {
     "image": DemoTask("demo/vlm_tiny.yaml", _write_image, 4000, "colour, shape, count and place of shapes"),
+    "image-qformer": DemoTask("demo/qformer_tiny.yaml", _write_image, 12000,
+                              "the same through InstructBLIP's instruction-aware Q-Former", single_turn=True),
     "video": DemoTask("demo/video_tiny.yaml", _write_sized_by_generator, 8000,
                       "the colour a moving shape has first, or last"),
     "points": DemoTask("demo/points_tiny.yaml", _write_sized_by_generator, 3000,
@@ -80,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--single-turn", action="store_true",
                    help="image and multi-image: one question per training sample (default: every question about "
-                        "the media in one chat)")
+                        "the media in one chat; image-qformer: always one)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the recipe, e.g. train.steps=100")
 
 
@@ -157,6 +162,7 @@ def main(args) -> int:
             raise UserError(f"{flag}: must be at least 1, got {n}")
     if args.task == "edit":
         return edit_demo.main(args)
+    args.single_turn = args.single_turn or task.single_turn
     started = time.perf_counter()
     out = Path(args.out or ("runs/demo" if args.task == "image" else f"runs/demo-{args.task}"))
     cfg = load_recipe(args.config or task.config, [f"train.out_dir={out / 'run'}", *args.overrides])

@@ -51,6 +51,9 @@ class Engine:
     """One process. Distributed engines inherit the collectives below, which work on any world size."""
     name = "single"
     known_args: tuple[str, ...] = ()
+    fused_optimizer = True
+    """AdamW as one fused kernel over all tensors (SmolLM2-135M, one CPU thread: 0.07 s a step against 0.30 for
+    torch's per-tensor loop on CPU). Engines whose optimizer sees sharded or flattened tensors keep the loop."""
 
     def __init__(self, args: dict, train_cfg):
         unknown = sorted(set(args) - set(self.known_args))

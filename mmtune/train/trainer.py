@@ -166,7 +166,8 @@ def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
         cfg.train.steps = steps_for_epochs(cfg, train_shards, encoder, pad_id, engine.world)
     objective = build_objective(cfg, model)
     module = engine.wrap(model, lambda params: torch.optim.AdamW(params, lr=cfg.train.lr,
-                                                                 weight_decay=cfg.train.weight_decay))
+                                                                 weight_decay=cfg.train.weight_decay,
+                                                                 fused=engine.fused_optimizer))
     optimizer = engine.optimizer
     scheduler = cosine_with_warmup(optimizer, cfg.train)
     state = {"step": 0, "data": asdict(DataState()), "counts": {}, "bad_steps": 0, "tokens": 0, "samples": 0}

@@ -21,6 +21,7 @@ from mmtune.train.engine import Engine, trainable
 
 class DeepSpeedEngine(Engine):
     name = "deepspeed"
+    fused_optimizer = False
     known_args = ("stage", "offload_optimizer", "offload_params", "config")
 
     def _init_process_group(self) -> None:

@@ -23,6 +23,7 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 class FSDPEngine(Engine):
     name = "fsdp"
+    fused_optimizer = False
     known_args = ("reshard_after_forward", "cpu_offload")
     """reshard_after_forward (default true: ZeRO-3-like; false: ZeRO-2-like), cpu_offload (params and optimizer)."""
 

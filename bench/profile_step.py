@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from bench.common import ALPACA, ROOT, alpaca_shards, set_threads
+from bench.common import ALPACA, alpaca_shards, mmtune_overrides, ROOT, set_threads
 from bench.flops import FlopModel, gemm_gflops
 
+GEMM = "GEMM (mm, addmm, bmm)"
 KINDS = {
-    "GEMM (mm, addmm, bmm)": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmm_"),
+    GEMM: ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmm_"),
     "attention kernels": ("scaled_dot_product", "flash_attention", "_efficient_attention"),
     "optimizer (AdamW)": ("aten::_foreach", "aten::_fused_adam"),
     "copies and layout": ("aten::copy_", "aten::cat", "aten::clone", "aten::index", "aten::gather", "aten::scatter",
@@ -45,6 +47,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=1, help="steps run before the profiled ones")
     p.add_argument("--steps", type=int, default=2, help="profiled steps")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=12, help="ops listed by self time")
     p.add_argument("overrides", nargs="*", help="more section.key=value settings, e.g. data.packing=false")
     return p.parse_args()
@@ -56,18 +60,14 @@ def kind_of(name: str) -> str:
 
 
 def profile(args: argparse.Namespace, workdir: Path):
-    """(profiler key averages of the profiled steps, their wall seconds, real tokens they trained)."""
-    import time
-
+    """(profiler key averages of the profiled steps, their wall seconds, real tokens they trained, the model), with
+    the settings of text_sft.py's packed mmtune run."""
     import mmtune
     from mmtune.train.trainer import setup, train_step
 
     shards = alpaca_shards(ROOT / ALPACA, workdir / "shards")
-    cfg = mmtune.load_config(None, [
-        f"model.llm={args.model}", f"data.train=[{','.join(shards)}]", "data.template=chatml",
-        f"data.max_len={args.max_len}", "data.packing=true", "data.num_workers=0", "tuning.llm=full",
-        f"train.batch_size={args.batch_size}", f"train.steps={args.warmup_steps + args.steps}", "train.lr=2e-4",
-        "train.precision=fp32", f"train.out_dir={workdir / 'run'}", *args.overrides])
+    cfg = mmtune.load_config(None, [*mmtune_overrides(args, shards, workdir / "run", "mmtune-packed"),
+                                    *args.overrides])
     run = setup(cfg, resume=False, callbacks=[])
     run.model.train()
     for _ in range(args.warmup_steps):
@@ -85,11 +85,12 @@ def report(events, seconds: float, tokens: int, ceiling: float, top: int) -> lis
     by_kind: dict[str, float] = defaultdict(float)
     gemm_flops = 0.0
     for e in events:
-        by_kind[kind_of(e.key)] += e.self_cpu_time_total / 1e6
-        if kind_of(e.key).startswith("GEMM"):
+        kind = kind_of(e.key)
+        by_kind[kind] += e.self_cpu_time_total / 1e6
+        if kind == GEMM:
             gemm_flops += e.flops
     total = sum(by_kind.values())
-    gemm_s = by_kind["GEMM (mm, addmm, bmm)"]
+    gemm_s = by_kind[GEMM]
     lines = [f"profiled: {seconds:.1f} s wall, {tokens:,} real tokens ({tokens / seconds:,.0f}/s), "
              f"{total:.1f} s self CPU time in ops",
              f"GEMMs: {gemm_flops / 1e9:,.0f} GFLOP in {gemm_s:.1f} s = {gemm_flops / 1e9 / max(gemm_s, 1e-9):.1f} "

@@ -8,6 +8,10 @@ Fairness rules both scripts follow, so only the frameworks differ:
 - One way to count: real (non-padding) positions, media positions included, processed from the end of the last
   warm-up step to the end of the last timed step, divided by the wall time in between. That window holds data
   loading, forward, backward and the optimizer step of every timed step.
+- Same work timed (`--samples N`): a sample's cost per token depends on its length and on how much of it is
+  supervised (the LM head), and in a few steps each side draws different samples (packing takes ~2.5x more a
+  step). With --samples every side trains two epochs over the same N samples and times the second, so all sides
+  time exactly the same tokens; without it, a fixed number of steps is timed after --warmup-steps.
 - Useful FLOPs of those steps (bench/flops.py: from the model config, real positions only, the LM head where each
   side computes it) over the same time give GFLOP/s, compared with an fp32 GEMM ceiling timed in child processes
   before and after the runs on the same threads (the faster of the two).
@@ -16,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import subprocess
@@ -52,6 +58,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny:llama", help="LLM source for every side: tiny:llama or smollm2-135m")
     parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per run")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps run first and left out of the timing")
+    parser.add_argument("--samples", type=int, default=0,
+                        help="N > 0: every side trains two epochs over the same N samples (a seeded subset of "
+                             "--data) and times the second, so all time the same tokens; --steps and "
+                             "--warmup-steps are then unused")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-len", type=int, default=512)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -127,10 +137,19 @@ def shards_of(workdir: Path) -> list[str]:
     return sorted(str(p) for p in (workdir / "shards").glob("train-*.tar"))
 
 
-def alpaca_shards(source: Path, out_dir: Path) -> list[str]:
-    """The Alpaca records as canonical shards, through the project's own builder."""
+def alpaca_shards(source: Path, out_dir: Path, samples: int = 0, seed: int = 0) -> list[str]:
+    """The Alpaca records (all, or a seeded subset of `samples` of them in file order) as canonical shards, through
+    the project's own builder."""
     from data_builders import build
 
+    if samples:
+        records = json.loads(Path(source).read_text())
+        if not 0 < samples <= len(records):
+            raise SystemExit(f"--samples: {source} has {len(records)} records, asked for {samples}")
+        chosen = sorted(random.Random(seed).sample(range(len(records)), samples))
+        source = out_dir.parent / f"{out_dir.name}-{samples}-records.json"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(json.dumps([records[i] for i in chosen]))
     return [str(p) for p in build("alpaca", source, out_dir).shards]
 
 
@@ -200,14 +219,26 @@ class Throughput:
         return self.flops / self.seconds / 1e9
 
 
-def measure(name: str, steps: list[Step], warmup: int) -> Throughput:
-    """Totals over the steps after `warmup`; the loss of step 1 and of the last step show that training ran."""
-    timed = steps[warmup:]
-    if not timed:
-        raise RuntimeError(f"{name}: {len(steps)} steps recorded, none after {warmup} warm-up steps")
+def measure(name: str, steps: list[Step], args: argparse.Namespace) -> Throughput:
+    """Totals over the timed steps (timed_steps); the loss of step 1 and of the last step show that training ran."""
+    timed = timed_steps(name, steps, args)
     return Throughput(name, sum(s.real for s in timed), sum(s.positions for s in timed),
                       sum(s.samples for s in timed), sum(s.seconds for s in timed), steps[0].loss, steps[-1].loss,
                       sum(s.flops for s in timed))
+
+
+def timed_steps(name: str, steps: list[Step], args: argparse.Namespace) -> list[Step]:
+    """With --samples N, the second epoch's steps: those after the first N samples, which must end on a step and
+    be followed by exactly N more. Otherwise the steps after --warmup-steps."""
+    if not args.samples:
+        if len(steps) <= args.warmup_steps:
+            raise RuntimeError(f"{name}: {len(steps)} steps recorded, none after {args.warmup_steps} warm-up steps")
+        return steps[args.warmup_steps:]
+    seen = list(itertools.accumulate(s.samples for s in steps))
+    if args.samples not in seen or seen[-1] != 2 * args.samples:
+        raise RuntimeError(f"{name}: steps do not make two epochs of {args.samples} samples (samples seen after "
+                           f"each step: {seen})")
+    return steps[seen.index(args.samples) + 1:]
 
 
 # ---------------------------------------------------------------- the Hugging Face side
@@ -265,10 +296,12 @@ def hf_examples(encoded: list, media_id: int | None = None) -> list[dict]:
 
 
 def training_args(cls, out_dir: Path, args: argparse.Namespace, **extra):
-    """The Trainer settings every Hugging Face run shares: batch, steps, AdamW at `args.lr` with a cosine schedule,
-    clipping at 1.0, fp32 on CPU, no eval, no saving, no reporting, data loaded in the training process."""
-    return cls(output_dir=str(out_dir), per_device_train_batch_size=args.batch_size,
-               max_steps=args.warmup_steps + args.steps, learning_rate=args.lr, lr_scheduler_type="cosine",
+    """The Trainer settings every Hugging Face run shares: batch, steps (or two epochs with --samples), AdamW at
+    `args.lr` with a cosine schedule, clipping at 1.0, fp32 on CPU, no eval, no saving, no reporting, data loaded
+    in the training process."""
+    length = {"num_train_epochs": 2} if args.samples else {"max_steps": args.warmup_steps + args.steps}
+    return cls(output_dir=str(out_dir), per_device_train_batch_size=args.batch_size, **length,
+               learning_rate=args.lr, lr_scheduler_type="cosine",
                warmup_steps=10, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
                eval_strategy="no", report_to=[], dataloader_num_workers=0, use_cpu=True, seed=args.seed,
                data_seed=args.seed, remove_unused_columns=False, disable_tqdm=True, **extra)
@@ -355,13 +388,14 @@ MMTUNE_RUNS = {"mmtune": "mmtune", "mmtune-packed": "mmtune packed",
 
 
 def mmtune_overrides(args: argparse.Namespace, shards: list[str], out_dir: Path, kind: str = "mmtune") -> list[str]:
-    """The mmtune settings matching training_args (same batch, steps, lr, clipping, precision and seed) for a kind
-    of MMTUNE_RUNS: packing for `-packed`, activation checkpointing for `-ckpt`."""
+    """The mmtune settings matching training_args (same batch, steps or epochs, lr, clipping, precision and seed)
+    for a kind of MMTUNE_RUNS: packing for `-packed`, activation checkpointing for `-ckpt`."""
     packing, checkpointing = "-packed" in kind, kind.endswith("-ckpt")
+    length = "train.epochs=2" if getattr(args, "samples", 0) else f"train.steps={args.warmup_steps + args.steps}"
     return [f"model.llm={args.model}", f"data.train=[{','.join(shards)}]", "data.template=chatml",
             f"data.max_len={args.max_len}", f"data.packing={str(packing).lower()}", "data.num_workers=0",
             f"train.activation_checkpointing={str(checkpointing).lower()}",
-            f"train.batch_size={args.batch_size}", f"train.steps={args.warmup_steps + args.steps}",
+            f"train.batch_size={args.batch_size}", length,
             f"train.lr={args.lr}", "train.warmup=10", "train.weight_decay=0.0", "train.clip=1.0",
             "train.precision=fp32", f"train.seed={args.seed}", "train.log_every=1", f"train.eval_every={BIG}",
             f"train.save_every={BIG}", f"train.out_dir={out_dir}", "tuning.llm=full"]

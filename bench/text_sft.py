@@ -87,7 +87,7 @@ def child(args: argparse.Namespace) -> None:
         steps = run_trl(args, workdir, packing=kind.endswith("packed"))
     else:
         steps = run_ours(args, workdir, kind)
-    write_child_result(workdir, kind, measure(RUNS[kind], steps, args.warmup_steps))
+    write_child_result(workdir, kind, measure(RUNS[kind], steps, args))
 
 
 # ---------------------------------------------------------------- parent: data, loss check, runs, report
@@ -105,7 +105,7 @@ def loss_check(args: argparse.Namespace, workdir: Path) -> str:
 
 
 def prepare(args: argparse.Namespace, workdir: Path) -> None:
-    alpaca_shards(Path(args.data), workdir / "shards")
+    alpaca_shards(Path(args.data), workdir / "shards", args.samples, args.seed)
 
 
 BENCH = Bench(script="text_sft", title="Text SFT throughput: mmtune vs the Hugging Face way",

@@ -104,7 +104,7 @@ def save_clip_tower(arch: str, out_dir: Path, seed: int) -> None:
 
 def prepare(args: argparse.Namespace, workdir: Path) -> None:
     """Image-chat shards and the CLIP tower directory, in `workdir` (the tower last: its presence means done)."""
-    text = load_samples(alpaca_shards(Path(args.data), workdir / "text"))
+    text = load_samples(alpaca_shards(Path(args.data), workdir / "text", args.samples, args.seed))
     image_chat_shards(text, workdir / "shards", args.seed)
     save_clip_tower(args.arch, workdir / "clip", args.seed)
 
@@ -182,7 +182,7 @@ def child(args: argparse.Namespace) -> None:
         steps = run_llava(args, workdir)
     else:
         steps = run_mmtune(overrides(args, workdir, workdir / kind, kind), workdir)
-    write_child_result(workdir, kind, measure(RUNS[kind], steps, args.warmup_steps))
+    write_child_result(workdir, kind, measure(RUNS[kind], steps, args))
 
 
 # ---------------------------------------------------------------- parent: data, loss check, runs, report

@@ -383,18 +383,20 @@ def build_mmtune_model(overrides: list[str]):
 
 
 MMTUNE_RUNS = {"mmtune": "mmtune", "mmtune-packed": "mmtune packed",
-               "mmtune-packed-ckpt": "mmtune packed + act. ckpt"}
+               "mmtune-packed-compile": "mmtune packed + compile", "mmtune-packed-ckpt": "mmtune packed + act. ckpt"}
 """The mmtune configurations both benchmarks run: kind -> label."""
 
 
 def mmtune_overrides(args: argparse.Namespace, shards: list[str], out_dir: Path, kind: str = "mmtune") -> list[str]:
     """The mmtune settings matching training_args (same batch, steps or epochs, lr, clipping, precision and seed)
-    for a kind of MMTUNE_RUNS: packing for `-packed`, activation checkpointing for `-ckpt`."""
+    for a kind of MMTUNE_RUNS: packing for `-packed`, activation checkpointing for `-ckpt`, compiled
+    decoder layers for `-compile`."""
     packing, checkpointing = "-packed" in kind, kind.endswith("-ckpt")
     length = "train.epochs=2" if getattr(args, "samples", 0) else f"train.steps={args.warmup_steps + args.steps}"
     return [f"model.llm={args.model}", f"data.train=[{','.join(shards)}]", "data.template=chatml",
             f"data.max_len={args.max_len}", f"data.packing={str(packing).lower()}", "data.num_workers=0",
             f"train.activation_checkpointing={str(checkpointing).lower()}",
+            f"train.compile={str(kind.endswith('-compile')).lower()}",
             f"train.batch_size={args.batch_size}", length,
             f"train.lr={args.lr}", "train.warmup=10", "train.weight_decay=0.0", "train.clip=1.0",
             "train.precision=fp32", f"train.seed={args.seed}", "train.log_every=1", f"train.eval_every={BIG}",
@@ -567,7 +569,8 @@ def table(rows: list[Throughput], baseline: str, ceiling: float) -> list[str]:
 
 
 def config_lines(args: argparse.Namespace, extra: dict | None = None) -> list[str]:
-    shown = {k: v for k, v in vars(args).items() if k not in ("child", "results", "workdir")}
+    unused = ("steps", "warmup_steps") if args.samples else ()
+    shown = {k: v for k, v in vars(args).items() if k not in ("child", "results", "workdir", *unused)}
     return [f"config: {json.dumps({**shown, **(extra or {})})}"]
 
 

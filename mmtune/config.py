@@ -275,6 +275,11 @@ class TrainConfig:
     engine: ComponentConfig = field(default_factory=lambda: ComponentConfig("single"))
     """What runs the loop: single, ddp, fsdp or deepspeed (key in train.engine.ENGINES), with its args; see
     docs/distributed.md. batch_size is per process: the global batch is batch_size x grad_accum x processes."""
+    compile: bool = False
+    """Compile each LLM decoder layer with torch.compile (one graph serves every identical layer): fuses the norms,
+    activations, rotary embeddings and residual adds that run eagerly one pass each. SmolLM2-135M, packed 8 x 512,
+    one CPU thread: layers 9-12% faster, after ~40 s of compiling at the first step (and for new shapes, such as
+    an eval's)."""
     activation_checkpointing: bool = False
     """Keep only each LLM layer's input (and a trained encoder's blocks') and recompute the rest in the backward
     pass: same loss and gradients, far less activation memory, about a third more compute per step. Also returns

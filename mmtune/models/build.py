@@ -28,6 +28,8 @@ def build_model(cfg: RunConfig):
     model = MultimodalLM(llm, media, fusion)
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model.llm, [part.encoder for part in media.values()])
+    if cfg.train.compile:
+        compile_layers(model.llm)
     model.from_scratch = from_scratch
     if cfg.model.init_from:
         load_weights(model, Path(cfg.model.init_from), field="model.init_from")
@@ -46,6 +48,15 @@ def checkpoint_activations(llm, encoders) -> None:
     for encoder in encoders:
         if hasattr(encoder, "checkpoint_activations") and any(p.requires_grad for p in encoder.parameters()):
             encoder.checkpoint_activations()
+
+
+def compile_layers(llm) -> None:
+    """torch.compile every decoder layer (as torchtune does): the layers hold the elementwise work worth fusing,
+    and the model's Python glue around them (masks, media, the sparse head) stays eager."""
+    from mmtune.models.fusion import decoder_layers
+
+    for layer in decoder_layers(llm, "train.compile"):
+        layer.compile()
 
 
 def build_media(cfg: RunConfig, hidden: int, from_scratch: set[str]) -> dict:

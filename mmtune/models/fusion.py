@@ -243,12 +243,13 @@ class CrossAttention(nn.Module):
         return args, {**kwargs, "hidden_states": self.blocks[block](kwargs["hidden_states"], self.view)}
 
 
-def decoder_layers(backbone: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a Hugging Face backbone: its ModuleList of config.num_hidden_layers modules."""
+def decoder_layers(backbone: nn.Module, field: str = f"{KEY}.name") -> nn.ModuleList:
+    """The decoder layers of a Hugging Face backbone: its ModuleList of config.num_hidden_layers modules; else
+    ConfigError naming `field`, the setting that needs them."""
     count = backbone.config.num_hidden_layers
     found = next((m for m in backbone.modules() if isinstance(m, nn.ModuleList) and len(m) == count), None)
     if found is None:
-        raise ConfigError(f"{KEY}.name: cannot find the {count} decoder layers of {type(backbone).__name__}")
+        raise ConfigError(f"{field}: cannot find the {count} decoder layers of {type(backbone).__name__}")
     return found
 
 

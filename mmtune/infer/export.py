@@ -522,6 +522,9 @@ def _check_instructblip_parts(cfg: RunConfig, model: nn.Module) -> None:
     if not model.media["image"].encode_context:
         raise ConfigError("model.media.image.bridge.args.instruction_aware: a Q-Former that reads no instruction is "
                           "BLIP-2's, not InstructBLIP's (which always reads qformer_input_ids)")
+    if image.bridge.args.get("feature_positions"):
+        raise ConfigError("model.media.image.bridge.args.feature_positions: InstructBLIP's Q-Former has no position "
+                          "embeddings for the image features; export the LLM with --format hf")
     if image.encoder.name not in BLIP_TOWERS:
         raise ConfigError(f"model.media.image.encoder.name: {image.encoder.name} has no InstructBLIP vision tower: "
                           f"{BLIP_REFUSED.get(image.encoder.name, 'not a ViT')}; exportable: clip (an open_clip ViT "

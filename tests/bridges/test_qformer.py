@@ -92,6 +92,25 @@ def test_no_context_reads_the_empty_instruction_and_the_encoder_pickles():
     assert long["input_ids"].shape == long["attention_mask"].shape == (16,) and long["attention_mask"].all()
 
 
+def test_feature_positions_tell_the_queries_where_what_they_read_lies():
+    """Cross-attention is blind to the order of the encoder tokens; learned feature positions make the queries
+    depend on it, and at zero the Q-Former is InstructBLIP's again."""
+    args = {**SMALL, "instruction_aware": False, "dropout": 0.0, "init_range": 0.5}
+    placed, plain = _qformer(**args, feature_positions=5), _qformer(**args)
+    plain.load_state_dict({k: v for k, v in placed.state_dict().items() if k != "feature_positions"})
+    features, swapped = torch.randn(2, 5, 16), [1, 0, 2, 3, 4]
+    with torch.no_grad():
+        torch.testing.assert_close(plain(features), plain(features[:, swapped]), rtol=0, atol=1e-5)
+        assert not torch.allclose(placed(features), placed(features[:, swapped]), atol=1e-3)
+        placed.feature_positions.zero_()
+        torch.testing.assert_close(placed(features), plain(features), rtol=0, atol=1e-6)
+    placed.train()(features).square().sum().backward()
+    assert placed.feature_positions.grad.abs().sum() > 0
+    assert placed.num_tokens(5) == 4
+    with pytest.raises(ConfigError, match=r"args\.feature_positions is 5 but the encoder gives 6 tokens"):
+        placed.num_tokens(6)
+
+
 @pytest.mark.parametrize("args, message", [
     ({"width": 30, "heads": 4, "init": ""}, r"args\.width 30 must be a multiple of args\.heads 4"),
     ({"width": 768}, r"args\.width is 768 but the BERT in args\.init \(minilm-l6\) has hidden_size 384"),
@@ -101,7 +120,9 @@ def test_no_context_reads_the_empty_instruction_and_the_encoder_pickles():
     ({"max_instruction_len": 600}, r"args\.max_instruction_len must be in 2\.\.512"),
     ({"init": "no/such/bert"}, r"args\.init: no/such/bert is not a BERT directory"),
     ({"querys": 8}, r"unknown key model\.media\.image\.bridge\.args\.querys.*queries"),
-], ids=["heads", "width", "layers", "queries", "init-range", "instruction-len", "init", "unknown-key"])
+    ({"feature_positions": -1}, r"args\.feature_positions must be 0 \(none\) or the encoder's tokens an item"),
+], ids=["heads", "width", "layers", "queries", "init-range", "instruction-len", "init", "unknown-key",
+        "feature-positions"])
 def test_bad_arguments_are_named_when_the_recipe_loads(args, message):
     with pytest.raises(ConfigError, match=rf"config: .*{message}"):
         load_recipe(None, ["model.encoder={name: clip, args: {arch: mmtune-vit-tiny}}",

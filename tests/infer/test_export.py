@@ -429,11 +429,14 @@ def test_instructblip_export_records_how_to_prompt(blip_case):
     (["model.encoder={name: clip, args: {arch: NO_LN_PRE, tokens: all}}",
       QFORMER.replace("}}", ", instruction_aware: false}}")],
      r"model\.media\.image\.bridge\.args\.instruction_aware: a Q-Former that reads no instruction is BLIP-2's"),
+    (["model.encoder={name: clip, args: {arch: NO_LN_PRE, tokens: all}}",
+      QFORMER.replace("}}", ", feature_positions: 17}}")],
+     r"model\.media\.image\.bridge\.args\.feature_positions: InstructBLIP's Q-Former has no position embeddings"),
     (["model.encoder={name: clip, args: {arch: mmtune-vit-tiny, tokens: all}}", QFORMER],
      r"open_clip weight visual\.ln_pre\.weight has no counterpart in a Hugging Face InstructBlipVisionModel.*no_ln_pre"),
     (["model.encoder={name: hf_clip, args: {path: HF_TOWER, tokens: all}}", QFORMER],
      r"model\.media\.image\.encoder\.name: hf_clip has no InstructBLIP vision tower: a CLIP tower normalises"),
-], ids=["mlp-bridge", "patch-tokens", "not-instruction-aware", "ln-pre", "hf-clip"])
+], ids=["mlp-bridge", "patch-tokens", "not-instruction-aware", "feature-positions", "ln-pre", "hf-clip"])
 def test_parts_instructblip_cannot_hold_are_named(tmp_path, no_ln_pre_arch, overrides, message):
     tower = _save_hf_tower(tmp_path / "tower", "clip")
     overrides = [o.replace("NO_LN_PRE", no_ln_pre_arch).replace("HF_TOWER", tower) for o in overrides]

@@ -15,10 +15,13 @@ def build_model(cfg: RunConfig):
     from mmtune.models.fusion import build_fusion
     from mmtune.models.llm import load_llm
     from mmtune.models.multimodal_lm import MultimodalLM
+    from mmtune.models.packed_attention import use_packed_attention
     from mmtune.models.tuning import apply_tuning
 
     torch.manual_seed(cfg.train.seed)  # parts built from scratch get the same init on every run and rank
     llm, tokenizer = load_llm(cfg.model.llm, tokenizer=cfg.model.tokenizer)
+    if cfg.data.packing:
+        use_packed_attention(llm)
     from_scratch = {"llm"} if cfg.model.llm.startswith("tiny:") else set()
     media = build_media(cfg, llm.get_input_embeddings().embedding_dim, from_scratch)
     llm = apply_tuning(llm, cfg.tuning.llm, cfg.tuning.lora, "tuning.llm")

@@ -25,6 +25,7 @@ from mmtune.errors import DataError
 from mmtune.models.fusion import Fusion, Splice
 from mmtune.models.head_loss import fusable, head_loss_sum, head_token_losses
 from mmtune.models.llm import is_seq2seq, llm_parts
+from mmtune.models.packed_attention import NAME as PACKED_ATTENTION, PackedRows
 
 
 @dataclass
@@ -143,14 +144,14 @@ class MultimodalLM(nn.Module):
         callers that write more than media over the embeddings). Packed rows get a block-diagonal causal mask (no
         attention across samples)."""
         seq = batch["seq_ids"]
+        kwargs = {"position_ids": batch["position_ids"]} if self._takes_positions else {}
         if batch.get("packed"):
-            t = torch.arange(seq.shape[1], device=seq.device)
-            same = seq[:, :, None] == seq[:, None, :]
-            mask = (same & (t[:, None] >= t[None, :])) | torch.eye(seq.shape[1], dtype=torch.bool, device=seq.device)
-            mask = mask[:, None]  # [B, 1, T, T]; padding attends only to itself so no row is all -inf
+            rows = PackedRows.of(seq)
+            mask = rows.mask
+            if getattr(self.llm.config, "_attn_implementation", None) == PACKED_ATTENTION:
+                kwargs["packed_rows"] = rows  # models/packed_attention.py: skips what the mask drops
         else:
             mask = (seq >= 0).long()
-        kwargs = {"position_ids": batch["position_ids"]} if self._takes_positions else {}
         backbone = self._parts[0]
         if embeds is None:
             embeds = self.embed(batch["input_ids"], batch.get("media"), batch.get("media_context"), seq)

@@ -382,7 +382,7 @@ def build_mmtune_model(overrides: list[str]):
     return (cfg, *build_model(cfg))
 
 
-MMTUNE_RUNS = {"mmtune": "mmtune", "mmtune-packed": "mmtune packed",
+MMTUNE_RUNS = {"mmtune": "mmtune", "mmtune-packed": "mmtune packed", "mmtune-packed-mask": "mmtune packed, dense mask",
                "mmtune-packed-compile": "mmtune packed + compile", "mmtune-packed-ckpt": "mmtune packed + act. ckpt"}
 """The mmtune configurations both benchmarks run: kind -> label."""
 
@@ -390,13 +390,14 @@ MMTUNE_RUNS = {"mmtune": "mmtune", "mmtune-packed": "mmtune packed",
 def mmtune_overrides(args: argparse.Namespace, shards: list[str], out_dir: Path, kind: str = "mmtune") -> list[str]:
     """The mmtune settings matching training_args (same batch, steps or epochs, lr, clipping, precision and seed)
     for a kind of MMTUNE_RUNS: packing for `-packed`, activation checkpointing for `-ckpt`, compiled
-    decoder layers for `-compile`."""
+    decoder layers for `-compile`, packed rows' attention as one dense-mask call for `-mask`."""
     packing, checkpointing = "-packed" in kind, kind.endswith("-ckpt")
     length = "train.epochs=2" if getattr(args, "samples", 0) else f"train.steps={args.warmup_steps + args.steps}"
     return [f"model.llm={args.model}", f"data.train=[{','.join(shards)}]", "data.template=chatml",
             f"data.max_len={args.max_len}", f"data.packing={str(packing).lower()}", "data.num_workers=0",
             f"train.activation_checkpointing={str(checkpointing).lower()}",
             f"train.compile={str(kind.endswith('-compile')).lower()}",
+            f"train.packed_attention={'mask' if kind.endswith('-mask') else 'chunked'}",
             f"train.batch_size={args.batch_size}", length,
             f"train.lr={args.lr}", "train.warmup=10", "train.weight_decay=0.0", "train.clip=1.0",
             "train.precision=fp32", f"train.seed={args.seed}", "train.log_every=1", f"train.eval_every={BIG}",

@@ -280,6 +280,10 @@ class TrainConfig:
     activations, rotary embeddings and residual adds that run eagerly one pass each. SmolLM2-135M, packed 8 x 512,
     one CPU thread: layers 9-12% faster, after ~40 s of compiling at the first step (and for new shapes, such as
     an eval's)."""
+    packed_attention: Literal["chunked", "mask"] = "chunked"
+    """How packed rows attend (data.packing): `chunked` runs the queries 64 at a time against their samples' keys
+    only (models/packed_attention.py; LLMs on transformers' attention registry, others use the mask), `mask` one SDPA
+    call over whole rows with the block-diagonal mask. Same results; chunked skips most masked-out work."""
     activation_checkpointing: bool = False
     """Keep only each LLM layer's input (and a trained encoder's blocks') and recompute the rest in the backward
     pass: same loss and gradients, far less activation memory, about a third more compute per step. Also returns

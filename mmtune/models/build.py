@@ -20,7 +20,7 @@ def build_model(cfg: RunConfig):
 
     torch.manual_seed(cfg.train.seed)  # parts built from scratch get the same init on every run and rank
     llm, tokenizer = load_llm(cfg.model.llm, tokenizer=cfg.model.tokenizer)
-    if cfg.data.packing:
+    if cfg.data.packing and cfg.train.packed_attention == "chunked":
         use_packed_attention(llm)
     from_scratch = {"llm"} if cfg.model.llm.startswith("tiny:") else set()
     media = build_media(cfg, llm.get_input_embeddings().embedding_dim, from_scratch)

@@ -1,10 +1,10 @@
 """Self-attention for packed rows that skips the work the block-diagonal causal mask throws away.
 
-With one [B, 1, T, T] mask, SDPA's CPU kernel scores every query against every key of the row: keys of other
-samples and future keys are computed, then masked. Here each row's queries go in chunks of CHUNK positions, each
-against the keys from the start of its earliest query's sample to its own end, under the matching slice of the same
-mask (so results are the dense call's to float rounding). A row of one 512-token sample costs 56% of the dense
-call, a row of several samples less (bench/results/profile_step-*.txt).
+With one [B, 1, T, T] mask, SDPA's CPU kernel scores every query of a row against every key: keys of other samples
+and future keys are computed, then masked. Here the queries go in chunks of CHUNK positions (all rows at once), each
+against the keys from the earliest start of a sample its queries belong to, in any row, up to the chunk's own end,
+under the matching slice of the same mask, so results are the dense call's to float rounding. A batch of one-sample
+rows costs 56% of the dense call's work; sample boundaries that all rows share save more.
 
 Registered in transformers' attention registry as NAME: outside packed rows (generation, unpacked batches) it is
 transformers' own SDPA path, unchanged.
@@ -24,10 +24,10 @@ CHUNK = 64
 
 @dataclass
 class PackedRows:
-    """A packed batch's attention layout: the mask every implementation honours, and per row the chunks
-    (query start, query end, first key) the chunked path computes."""
+    """A packed batch's attention layout: the mask every implementation honours, and the chunks (query start, query
+    end, first key) the chunked path computes."""
     mask: torch.Tensor
-    chunks: list[list[tuple[int, int, int]]]
+    chunks: list[tuple[int, int, int]]
 
     @classmethod
     def of(cls, seq_ids: torch.Tensor, chunk: int = CHUNK) -> PackedRows:
@@ -38,9 +38,8 @@ class PackedRows:
         mask = (same & (t[:, None] >= t[None, :])) | torch.eye(length, dtype=torch.bool, device=seq_ids.device)
         first_key = same.int().argmax(-1)  # [B, T]: where each position's sample starts
         starts = range(0, length, chunk)
-        keys_from = torch.stack([first_key[:, a:a + chunk].min(-1).values for a in starts], 1).tolist()
-        return cls(mask[:, None], [[(a, min(a + chunk, length), s) for a, s in zip(starts, row)]
-                                   for row in keys_from])
+        keys_from = [int(first_key[:, a:a + chunk].min()) for a in starts]
+        return cls(mask[:, None], [(a, min(a + chunk, length), s) for a, s in zip(starts, keys_from)])
 
 
 @torch.compiler.disable  # the chunk plan changes every batch; compiled decoder layers call it eagerly
@@ -53,16 +52,14 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
     if not _chunkable(query, key, packed_rows, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    rows = []
-    for mask, chunks, q, k, v in zip(packed_rows.mask, packed_rows.chunks, query.unbind(0), key.unbind(0),
-                                     value.unbind(0)):
-        pieces = q.split([end - start for start, end, _ in chunks], dim=1)
-        rows.append(torch.cat([
-            F.scaled_dot_product_attention(piece, k[:, first:end], v[:, first:end],
-                                           attn_mask=mask[:, start:end, first:end], dropout_p=dropout,
-                                           scale=scaling, enable_gqa=True)
-            for piece, (start, end, first) in zip(pieces, chunks)], dim=1))
-    return torch.stack(rows).transpose(1, 2).contiguous(), None
+    chunks = packed_rows.chunks
+    # split, not slices: each chunk's query gradient lands in its own piece instead of a zeroed whole-batch tensor
+    pieces = query.split([end - start for start, end, _ in chunks], dim=2)
+    out = torch.cat([F.scaled_dot_product_attention(piece, key[:, :, first:end], value[:, :, first:end],
+                                                    attn_mask=packed_rows.mask[:, :, start:end, first:end],
+                                                    dropout_p=dropout, scale=scaling, enable_gqa=True)
+                     for piece, (start, end, first) in zip(pieces, chunks)], dim=2)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _chunkable(query, key, packed_rows: PackedRows | None, kwargs: dict) -> bool:

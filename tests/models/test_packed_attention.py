@@ -35,17 +35,18 @@ def _attend(function, rows: PackedRows, chunk_kwargs: dict):
 @pytest.mark.parametrize("chunk", [16, 64, 200])
 def test_chunks_give_the_dense_masks_outputs_and_gradients(chunk):
     rows = PackedRows.of(_seq_ids(150), chunk)
-    assert rows.chunks[0][0] == (0, min(chunk, 150), 0)
+    assert rows.chunks[0] == (0, min(chunk, 150), 0)
     dense = _attend(sdpa_attention_forward, rows, {})
     chunked = _attend(packed_sdpa_attention, rows, {"packed_rows": rows})
     for ours, theirs in zip(chunked, dense):
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
 
 
-def test_a_chunk_starts_its_keys_at_its_earliest_querys_sample():
-    rows = PackedRows.of(_seq_ids(150), 16)
-    assert rows.chunks[0][2:4] == [(32, 48, 0), (48, 64, 43)]  # sample 0 ends at 40, sample 2 starts at 43
-    assert rows.chunks[2][-1] == (144, 150, 122)  # padding after 122 real positions
+def test_a_chunk_starts_its_keys_at_its_earliest_querys_sample_in_any_row():
+    rows = PackedRows.of(_seq_ids(150)[[0, 2]], 16)  # samples start at 0, 40, 43, 113; at 0, 1, 2, 102, padding 122
+    assert rows.chunks[:4] == [(0, 16, 0), (16, 32, 0), (32, 48, 0), (48, 64, 2)]
+    assert rows.chunks[-4:] == [(96, 112, 2), (112, 128, 43), (128, 144, 113), (144, 150, 113)]
+    assert PackedRows.of(_seq_ids(150)[[0]], 16).chunks[3] == (48, 64, 43)
 
 
 def test_without_packed_rows_it_is_transformers_sdpa():
@@ -57,10 +58,11 @@ def test_without_packed_rows_it_is_transformers_sdpa():
 @pytest.mark.parametrize("compiled", [False, True])
 def test_a_packed_training_step_equals_the_dense_masks(compiled):
     """Compiled decoder layers call the chunked path eagerly (it changes with every batch's plan)."""
-    def step(packing: bool):
-        model, tok = _model("tiny:llama", "tuning.llm=full", f"data.packing={str(packing).lower()}",
-                            f"train.compile={str(compiled and packing).lower()}")
-        assert (model.llm.config._attn_implementation == NAME) == packing
+    def step(chunked: bool):
+        model, tok = _model("tiny:llama", "tuning.llm=full", "data.packing=true",
+                            f"train.packed_attention={'chunked' if chunked else 'mask'}",
+                            f"train.compile={str(compiled and chunked).lower()}")
+        assert (model.llm.config._attn_implementation == NAME) == chunked
         model.train()
         loss = sft(model, _batch(model, tok, packed=True)).loss_sum
         loss.backward()

@@ -38,7 +38,8 @@ class PackedRows:
         mask = (same & (t[:, None] >= t[None, :])) | torch.eye(length, dtype=torch.bool, device=seq_ids.device)
         first_key = same.int().argmax(-1)  # [B, T]: where each position's sample starts
         starts = range(0, length, chunk)
-        keys_from = [int(first_key[:, a:a + chunk].min()) for a in starts]
+        padded = F.pad(first_key, (0, len(starts) * chunk - length), value=length)
+        keys_from = padded.view(-1, len(starts), chunk).amin((0, 2)).tolist()  # one device sync
         return cls(mask[:, None], [(a, min(a + chunk, length), s) for a, s in zip(starts, keys_from)])
 
 

@@ -146,7 +146,7 @@ class MultimodalLM(nn.Module):
         seq = batch["seq_ids"]
         kwargs = {"position_ids": batch["position_ids"]} if self._takes_positions else {}
         if batch.get("packed"):
-            rows = PackedRows.of(seq)
+            rows = PackedRows(seq)
             mask = rows.mask
             if getattr(self.llm.config, "_attn_implementation", None) == PACKED_ATTENTION:
                 kwargs["packed_rows"] = rows  # models/packed_attention.py: skips what the mask drops

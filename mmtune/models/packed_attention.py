@@ -12,6 +12,7 @@ transformers' own SDPA path, unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -24,23 +25,28 @@ was fastest at 8 x 512 with SmolLM2's 9 heads of 64 on one thread)."""
 
 @dataclass
 class PackedRows:
-    """A packed batch's attention layout: the mask every implementation honours, and the chunks (query start, query
-    end, first key) the chunked path computes."""
-    mask: torch.Tensor
-    chunks: list[tuple[int, int, int]]
+    """A packed batch's attention layout from its [B, T] sample ids (-1: padding, which attends only to padding
+    before it and itself): the mask every implementation honours, and the chunks only the chunked path computes."""
+    seq_ids: torch.Tensor
+    chunk: int = CHUNK
 
-    @classmethod
-    def of(cls, seq_ids: torch.Tensor, chunk: int = CHUNK) -> PackedRows:
-        """From [B, T] sample ids (-1: padding, which attends only to padding before it and itself)."""
-        length = seq_ids.shape[1]
-        t = torch.arange(length, device=seq_ids.device)
-        same = seq_ids[:, :, None] == seq_ids[:, None, :]
-        mask = (same & (t[:, None] >= t[None, :])) | torch.eye(length, dtype=torch.bool, device=seq_ids.device)
-        first_key = same.int().argmax(-1)  # [B, T]: where each position's sample starts
+    @cached_property
+    def mask(self) -> torch.Tensor:
+        """[B, 1, T, T] block-diagonal causal mask (True: may attend)."""
+        seq, length = self.seq_ids, self.seq_ids.shape[1]
+        t = torch.arange(length, device=seq.device)
+        same = seq[:, :, None] == seq[:, None, :]
+        return ((same & (t[:, None] >= t[None, :])) | torch.eye(length, dtype=torch.bool, device=seq.device))[:, None]
+
+    @cached_property
+    def chunks(self) -> list[tuple[int, int, int]]:
+        """(query start, query end, first key) per chunk of queries, the same for every row."""
+        length, chunk = self.seq_ids.shape[1], self.chunk
+        first_key = self.mask[:, 0].int().argmax(-1)  # [B, T]: a position's first allowed key, its sample's start
         starts = range(0, length, chunk)
         padded = F.pad(first_key, (0, len(starts) * chunk - length), value=length)
         keys_from = padded.view(-1, len(starts), chunk).amin((0, 2)).tolist()  # one device sync
-        return cls(mask[:, None], [(a, min(a + chunk, length), s) for a, s in zip(starts, keys_from)])
+        return [(a, min(a + chunk, length), s) for a, s in zip(starts, keys_from)]
 
 
 @torch.compiler.disable  # the chunk plan changes every batch; compiled decoder layers call it eagerly

@@ -34,7 +34,7 @@ def _attend(function, rows: PackedRows, chunk_kwargs: dict):
 
 @pytest.mark.parametrize("chunk", [16, 64, 200])
 def test_chunks_give_the_dense_masks_outputs_and_gradients(chunk):
-    rows = PackedRows.of(_seq_ids(150), chunk)
+    rows = PackedRows(_seq_ids(150), chunk)
     assert rows.chunks[0] == (0, min(chunk, 150), 0)
     dense = _attend(sdpa_attention_forward, rows, {})
     chunked = _attend(packed_sdpa_attention, rows, {"packed_rows": rows})
@@ -43,14 +43,14 @@ def test_chunks_give_the_dense_masks_outputs_and_gradients(chunk):
 
 
 def test_a_chunk_starts_its_keys_at_its_earliest_querys_sample_in_any_row():
-    rows = PackedRows.of(_seq_ids(150)[[0, 2]], 16)  # samples start at 0, 40, 43, 113; at 0, 1, 2, 102, padding 122
+    rows = PackedRows(_seq_ids(150)[[0, 2]], 16)  # samples start at 0, 40, 43, 113; at 0, 1, 2, 102, padding 122
     assert rows.chunks[:4] == [(0, 16, 0), (16, 32, 0), (32, 48, 0), (48, 64, 2)]
     assert rows.chunks[-4:] == [(96, 112, 2), (112, 128, 43), (128, 144, 113), (144, 150, 113)]
-    assert PackedRows.of(_seq_ids(150)[[0]], 16).chunks[3] == (48, 64, 43)
+    assert PackedRows(_seq_ids(150)[[0]], 16).chunks[3] == (48, 64, 43)
 
 
 def test_without_packed_rows_it_is_transformers_sdpa():
-    rows = PackedRows.of(_seq_ids(150))
+    rows = PackedRows(_seq_ids(150))
     for ours, theirs in zip(_attend(packed_sdpa_attention, rows, {}), _attend(sdpa_attention_forward, rows, {})):
         torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
 

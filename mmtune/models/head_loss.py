@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CHUNK_ELEMENTS = 2**24
-"""Logits per chunk (64 MiB in fp32): rows = CHUNK_ELEMENTS // vocabulary, 341 rows for a 49,152-way head."""
+CHUNK_ELEMENTS = 2**25
+"""Logits per chunk (128 MiB in fp32): rows = CHUNK_ELEMENTS // vocabulary, 682 rows for a 49,152-way head (the
+head's GEMMs ran ~10% faster than at 341 rows; 1,024 and 2,048 gained nothing more)."""
 
 
 def head_loss_sum(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _chunks(hidden, weight, bias, targets, needs: tuple[bool, bool, bool]):
-    """(summed loss, d loss/d hidden, d loss/d weight, d loss/d bias), each gradient None where not needed."""
+    """(summed loss, d loss/d hidden, d loss/d weight, d loss/d bias), each gradient None where not needed.
+
+    log_softmax is one row-at-a-time kernel (a row of logits stays in cache), and the softmax is its exp in place:
+    each chunk's logits cross memory four times instead of the ~eleven of logsumexp, subtract, exp and friends
+    (SmolLM2, 3,400 supervised rows, one thread: 79 -> 101 GFLOP/s for the head, as fast as its three GEMMs alone)."""
     need_hidden, need_weight, need_bias = needs[0], needs[1], needs[2] and bias is not None
     grad_hidden = torch.empty_like(hidden) if need_hidden else None
     grad_weight = torch.zeros_like(weight) if need_weight else None
@@ -74,18 +79,26 @@ def _chunks(hidden, weight, bias, targets, needs: tuple[bool, bool, bool]):
     rows = chunk_rows(weight.shape[0])
     for start in range(0, hidden.shape[0], rows):
         h, t = hidden[start:start + rows], targets[start:start + rows]
-        logits = F.linear(h, weight, bias).float()
-        logsumexp = logits.logsumexp(dim=-1)
-        loss += (logsumexp - logits.gather(1, t[:, None])[:, 0]).sum()
+        log_probs = torch.log_softmax(F.linear(h, weight, bias).float(), dim=-1)
+        loss -= log_probs.gather(1, t[:, None]).sum()
         if not (need_hidden or need_weight or need_bias):
             continue
-        probs = logits.sub_(logsumexp[:, None]).exp_()  # softmax, in place of the logits
+        probs = log_probs.exp_()  # softmax, in place of the log-probabilities
         probs[torch.arange(len(t), device=t.device), t] -= 1  # d loss / d logits
         probs = probs.to(h.dtype)
         if need_hidden:
             grad_hidden[start:start + rows] = probs @ weight
         if need_weight:
-            grad_weight += probs.T @ h  # not addmm_: under autocast the product is bf16, the gradient fp32
+            _accumulate_product(grad_weight, probs.T, h)
         if need_bias:
             grad_bias += probs.sum(0)
     return loss, grad_hidden, grad_weight, grad_bias
+
+
+def _accumulate_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """total += a @ b, inside the GEMM where the types allow (no [V, H] temporary per chunk); under autocast the
+    product is bf16 and the total fp32, so it is added."""
+    if a.dtype == total.dtype and not torch.is_autocast_enabled(total.device.type):
+        total.addmm_(a, b)
+    else:
+        total += a @ b

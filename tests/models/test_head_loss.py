@@ -44,6 +44,21 @@ def test_same_loss_and_gradients_as_whole_logits(monkeypatch, bias, chunk_elemen
                                F.cross_entropy(head(hidden), targets, reduction="none"))
 
 
+def test_bf16_autocast_keeps_fp32_gradients(monkeypatch):
+    """Under autocast the chunk products are bf16 and the weight gradient fp32: summed, not accumulated in place."""
+    monkeypatch.setattr(head_loss, "CHUNK_ELEMENTS", 50 * 5)
+    hidden, head, targets = _case(bias=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = head_loss_sum(hidden, head, targets)
+        ours_grads = _grads(ours, hidden, head)
+        whole = F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+        whole_grads = _grads(whole, hidden, head)
+    assert ours_grads[1].dtype == torch.float32
+    torch.testing.assert_close(ours, whole, atol=0.05, rtol=0.01)
+    for a, b in zip(ours_grads, whole_grads):
+        torch.testing.assert_close(a, b, atol=0.02, rtol=0.02)
+
+
 def test_frozen_head_and_no_grad(monkeypatch):
     monkeypatch.setattr(head_loss, "CHUNK_ELEMENTS", 50 * 4)
     hidden, head, targets = _case(bias=True)

@@ -502,23 +502,31 @@ def compare(script: str, args: argparse.Namespace, labels: dict[str, str], workd
 
 
 def gemm_child(args: argparse.Namespace, workdir: Path, when: str) -> None:
-    """Time the GEMM ceiling (bench/flops.py) in a child on the runs' threads: WORKDIR/gemm-WHEN.json."""
+    """Time the GEMM ceiling and the decoder layers' GEMMs alone (bench/flops.py) in a child on the runs' threads:
+    WORKDIR/gemm-WHEN.json."""
     saved = workdir / f"gemm-{when}.json"
     if args.resume and saved.exists():
         return
-    shapes = FlopModel.load(workdir / FLOPS).gemm_shapes(args.batch_size * args.max_len)
+    tokens = args.batch_size * args.max_len
+    shapes = FlopModel.load(workdir / FLOPS).gemm_shapes(tokens)
     command = [sys.executable, "-m", "bench.flops", "--threads", str(args.threads), "--out", str(saved),
-               "--shapes", ",".join("x".join(map(str, s)) for s in shapes)]
+               "--shapes", ",".join("x".join(map(str, s)) for s in shapes),
+               "--layers", str(workdir / FLOPS), "--tokens", str(tokens)]
     subprocess.run(command, cwd=ROOT, check=True, env=child_env(thread_env(args.threads)))
 
 
-def gemm_ceiling(workdir: Path) -> tuple[float, str]:
-    """(ceiling GFLOP/s, how it was measured): the fastest shape of the before and after measurements."""
+def gemm_ceiling(workdir: Path) -> tuple[float, list[str]]:
+    """(ceiling GFLOP/s, lines saying how it was measured): the fastest shape of the before and after measurements,
+    and the best rate of the decoder layers' GEMMs alone as a fraction of it."""
     measured = {when: json.loads((workdir / f"gemm-{when}.json").read_text()) for when in ("before", "after")}
-    ceiling = max(max(m.values()) for m in measured.values())
-    detail = "; ".join(f"{when}: " + ", ".join(f"{shape} {g:.1f}" for shape, g in m.items())
+    ceiling = max(max(m["shapes"].values()) for m in measured.values())
+    detail = "; ".join(f"{when}: " + ", ".join(f"{shape} {g:.1f}" for shape, g in m["shapes"].items())
                        for when, m in measured.items())
-    return ceiling, f"fp32 GEMM ceiling {ceiling:.0f} GFLOP/s (best of 5 per shape, GFLOP/s {detail})"
+    layers = max(m["layers"] for m in measured.values())
+    return ceiling, [f"fp32 GEMM ceiling {ceiling:.0f} GFLOP/s (best of 5 per shape, GFLOP/s {detail})",
+                     f"the decoder layers' GEMMs alone, forward and backward as a step runs them (bench/flops.py "
+                     f"layer_pass_gflops, best of before and after): {layers:.0f} GFLOP/s, {layers / ceiling:.0%} of "
+                     "the ceiling, the most a step's linear work reaches with no other work at all"]
 
 
 def write_child_result(workdir: Path, kind: str, result: Throughput) -> None:
@@ -627,7 +635,8 @@ def run_parent(bench: Bench, args: argparse.Namespace, kinds: list[str], notes: 
     report.say(f"loss check: {bench.loss_check(args, workdir)}")
     rows = compare(bench.script, args, {k: bench.runs[k] for k in kinds}, workdir, report)
     ceiling, how = gemm_ceiling(workdir)
-    report.say(how)
+    for line in how:
+        report.say(line)
     report.say(load_line("end"))
     report.say()
     for line in table(rows, bench.runs[bench.baseline] if bench.baseline in kinds else rows[0].name, ceiling):

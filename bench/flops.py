@@ -122,7 +122,8 @@ def layer_pass_gflops(model: FlopModel, tokens: int, threads: int, repeats: int 
     torch.set_num_threads(threads)
     maps = model.layer_maps()
     weights = [[torch.randn(out, inp) for inp, out in maps] for _ in range(model.layers)]
-    inputs = [{i: torch.randn(tokens, maps[m][0]) for m, i in enumerate(LAYER_INPUTS)} for _ in range(model.layers)]
+    widths = {i: maps[m][0] for m, i in enumerate(LAYER_INPUTS)}
+    inputs = [{i: torch.randn(tokens, width) for i, width in widths.items()} for _ in range(model.layers)]
 
     def step() -> None:
         kept = [[xs[i] @ w.T for i, w in zip(LAYER_INPUTS, layer)] for xs, layer in zip(inputs, weights)]

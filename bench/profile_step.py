@@ -63,21 +63,24 @@ def profile(args: argparse.Namespace, workdir: Path):
     """(profiler key averages of the profiled steps, their wall seconds, real tokens they trained, the model), with
     the settings of text_sft.py's packed mmtune run."""
     import mmtune
+    from mmtune.train.engine import local_device
+    from mmtune.train.host_memory import freed_memory, policy_for
     from mmtune.train.trainer import setup, train_step
 
     shards = alpaca_shards(ROOT / ALPACA, workdir / "shards")
     cfg = mmtune.load_config(None, [*mmtune_overrides(args, shards, workdir / "run", "mmtune-packed"),
                                     *args.overrides])
-    run = setup(cfg, resume=False, callbacks=[])
-    run.model.train()
-    for _ in range(args.warmup_steps):
-        train_step(run)
-    tokens = 0
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
-        started = time.perf_counter()
-        for _ in range(args.steps):
-            tokens += train_step(run)["tokens"]
-        seconds = time.perf_counter() - started
+    with freed_memory(policy_for(local_device().type, cfg.train.activation_checkpointing)):  # as mmtune.train
+        run = setup(cfg, resume=False, callbacks=[])
+        run.model.train()
+        for _ in range(args.warmup_steps):
+            train_step(run)
+        tokens = 0
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                tokens += train_step(run)["tokens"]
+            seconds = time.perf_counter() - started
     return prof.key_averages(), seconds, tokens, run.model
 
 

@@ -7,7 +7,6 @@ kinds and modalities (models/kinds.py, data/), loss details (models/objectives.p
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from mmtune.models.kinds import get_kind, sample_encoder
 from mmtune.models.objectives import Objective, build_objective
 from mmtune.train import checkpoint
 from mmtune.train.engine import Engine, build_engine, local_device
+from mmtune.train.host_memory import freed_memory, policy_for
 from mmtune.train.runlog import RunLog
 from mmtune.train.schedule import cosine_with_warmup
 
@@ -46,26 +46,6 @@ def slow_cpu_bf16() -> float:
         return time.perf_counter() - start
 
     return timed(torch.bfloat16) / timed(torch.float32)
-
-
-M_MMAP_THRESHOLD = -3
-"""glibc's mallopt parameter number."""
-MMAP_THRESHOLD = 64 * 1024
-
-
-def return_freed_memory() -> None:
-    """Have glibc serve every allocation of 64 KiB or more with its own mapping, returned to the system when freed.
-
-    By default glibc raises its mmap threshold after the first large frees, up to 32 MiB, and serves such blocks
-    from its heap, where freed activations and gradients stay resident, fragmented: full fine-tuning of SmolLM2-135M
-    with activation checkpointing peaked at 4.97 GiB that way and at 3.04 GiB with this. The price is fresh pages
-    for each large tensor, ~10% more CPU time, so it comes with activation checkpointing, the memory-first mode.
-    A no-op where the C library is not glibc."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def autocast(cfg: RunConfig):
@@ -149,8 +129,6 @@ class Run:
 
 def setup(cfg: RunConfig, resume: str | bool, callbacks: list) -> Run:
     """Engine, shards, model, optimizer, schedule; then the checkpoint to resume from, if any."""
-    if cfg.train.activation_checkpointing:
-        return_freed_memory()
     engine = build_engine(cfg.train.engine, cfg.train)
     run_dir = Path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +248,12 @@ def skip_non_finite(run: Run, loss: float, grad_norm: float) -> None:
 def train(cfg: RunConfig, resume: str | bool = False, callbacks: list | None = None) -> dict:
     """Train `cfg`; `resume` is False, True/"latest" (newest checkpoint in out_dir, if any) or a checkpoint path.
     `callbacks` are called as cb(event, **info) at "eval" and "end" (the demo uses this for accuracy)."""
-    run = setup(cfg, resume, callbacks or [])
+    with freed_memory(policy_for(local_device().type, cfg.train.activation_checkpointing)):
+        return _train(cfg, resume, callbacks or [])
+
+
+def _train(cfg: RunConfig, resume: str | bool, callbacks: list) -> dict:
+    run = setup(cfg, resume, callbacks)
     t, log = cfg.train, run.log
     announce(run)
     if run.resumed_from is None:

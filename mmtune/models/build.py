@@ -13,6 +13,7 @@ def build_model(cfg: RunConfig):
     """Returns (MultimodalLM, tokenizer). Parts built from scratch are listed in `model.from_scratch` (state-dict
     prefixes), so checkpoints save them whole (they cannot be re-read from a source later)."""
     from mmtune.models.fusion import build_fusion
+    from mmtune.models.gated_mlp import fuse_gated_mlps
     from mmtune.models.llm import load_llm
     from mmtune.models.multimodal_lm import MultimodalLM
     from mmtune.models.packed_attention import use_packed_attention
@@ -32,7 +33,9 @@ def build_model(cfg: RunConfig):
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model.llm, [part.encoder for part in media.values()])
     if cfg.train.compile:
-        compile_layers(model.llm)
+        compile_layers(model.llm)  # fuses the SwiGLU work itself
+    else:
+        fuse_gated_mlps(model.llm)
     model.from_scratch = from_scratch
     if cfg.model.init_from:
         load_weights(model, Path(cfg.model.init_from), field="model.init_from")

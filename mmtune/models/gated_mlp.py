@@ -69,6 +69,6 @@ def fuse_gated_mlps(model: nn.Module) -> int:
     return fused
 
 
-def _code_of(function) -> tuple:
-    code = function.__code__
-    return code.co_code, code.co_names, code.co_consts, code.co_varnames
+def _code_of(function) -> tuple | None:
+    code = getattr(function, "__code__", None)  # None for forwards that are not plain Python functions
+    return code and (code.co_code, code.co_names, code.co_consts, code.co_varnames)

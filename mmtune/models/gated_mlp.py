@@ -4,7 +4,7 @@ activation and product as one autograd function, a chunk of rows at a time.
 Eagerly, silu and the product are two passes forward and three backward over [tokens, intermediate] tensors too
 big for any cache, and autograd keeps silu(gate) as well as gate, up and the product. Here silu(gate) is
 recomputed per chunk in the backward pass, where the chunk is still in cache: 14 passes over memory become 8, and
-the layer keeps one such tensor fewer (SmolLM2-135M, 8 x 512 packed: ~0.6 GB less activation memory). The gate,
+the layer keeps one such tensor fewer (SmolLM2-135M, 8 x 512 packed: autograd keeps 5.30 instead of 6.00 GiB). The gate,
 up and down projections are still called as modules, so LoRA, FSDP and ZeRO-3 hooks see them as before.
 """
 from __future__ import annotations

@@ -7,8 +7,8 @@ SmolLM2-135M full fine-tuning (packed 8 x 512, one CPU thread) took ~790,000 pag
 time per ~33 s step. Two policies, each set for the length of a run and undone after it:
 
 - `keep` (CPU runs): no mappings and no trimming, so freed blocks stay in the heap and the next step reuses them:
-  ~110,000 faults and ~1.3 s of system time per step, ~7% more tokens/s, the same peak resident memory (the
-  next step needs those pages again anyway). What torch's own CPU launcher gets by preloading jemalloc or tcmalloc.
+  ~110,000 faults and ~1.3 s of system time per step, ~7% more tokens/s, about the same peak resident memory
+  (9.4-10.1 against 9.4-9.6 GiB over three runs each: the next step needs those pages again anyway). What torch's own CPU launcher gets by preloading jemalloc or tcmalloc.
 - `return` (activation checkpointing, the memory-first mode): every block of 64 KiB or more gets its own mapping,
   unmapped when freed. Otherwise glibc raises its threshold after the first large frees and keeps freed blocks
   resident and fragmented: SmolLM2-135M with activation checkpointing peaked at 4.97 GiB that way and at 3.04 GiB
